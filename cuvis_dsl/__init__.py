@@ -1,0 +1,42 @@
+"""Stage-aware PyTorch pipelines written as plain decorated functions."""
+
+from ._context import Context
+from ._errors import (
+    CuvisDSLWarning,
+    CycleError,
+    DefinitionError,
+    DuplicateOutputError,
+    MissingInputError,
+    PortValidationError,
+    SpecMismatchError,
+    WiringError,
+)
+from ._node import FunctionNode, loss, metric, node
+from ._pipeline import Pipeline
+from ._plan import Plan
+from ._ports import Port, PortSpec
+from ._spec import NodeSpec
+from ._stages import ExecutionStage, StageSet
+
+__all__ = [
+    "Context",
+    "CuvisDSLWarning",
+    "CycleError",
+    "DefinitionError",
+    "DuplicateOutputError",
+    "ExecutionStage",
+    "FunctionNode",
+    "MissingInputError",
+    "NodeSpec",
+    "Pipeline",
+    "Plan",
+    "Port",
+    "PortSpec",
+    "PortValidationError",
+    "SpecMismatchError",
+    "StageSet",
+    "WiringError",
+    "loss",
+    "metric",
+    "node",
+]

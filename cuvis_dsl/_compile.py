@@ -66,7 +66,9 @@ class Program:
     def batch_keys(self) -> tuple[str, ...]:
         return tuple(key for key, _ in self.batch_slots)
 
-    def run(self, batch: Mapping[str, Any], context: Context, checks: bool) -> dict[str, Any]:
+    def run(
+        self, batch: Mapping[str, Any], context: Context, checks: bool
+    ) -> dict[str, Any]:
         vals: list[Any] = [None] * self.size
         vals[CONTEXT_SLOT] = context
         for key, slot in self.batch_slots:
@@ -99,8 +101,9 @@ class Program:
             raise
         return self._collect(vals, extras)
 
-    def _check(self, info: StepInfo, inputs: bool, vals: list[Any],
-               bindings: Bindings) -> None:
+    def _check(
+        self, info: StepInfo, inputs: bool, vals: list[Any], bindings: Bindings
+    ) -> None:
         port_checks = info.input_checks if inputs else info.output_checks
         for port_check in port_checks:
             for slot, producer in zip(port_check.slots, port_check.producers):
@@ -110,11 +113,13 @@ class Program:
                 try:
                     port_check.check(value, bindings, port_check.port)
                 except SpecViolation as violation:
-                    raise _port_error(violation, info, port_check, producer,
-                                      inputs, self.stage) from None
+                    raise _port_error(
+                        violation, info, port_check, producer, inputs, self.stage
+                    ) from None
 
-    def _annotate(self, exc: Exception, index: int, vals: list[Any],
-                  context: Context) -> None:
+    def _annotate(
+        self, exc: Exception, index: int, vals: list[Any], context: Context
+    ) -> None:
         if isinstance(exc, PortValidationError) or not self.infos:
             return
         info = self.infos[index]
@@ -148,8 +153,12 @@ def _summary(vals: list[Any], slots: tuple[int, ...] | int | None) -> str:
 
 
 def _port_error(
-    violation: SpecViolation, info: StepInfo, port_check: PortCheck,
-    producer: str, is_input: bool, stage: Any,
+    violation: SpecViolation,
+    info: StepInfo,
+    port_check: PortCheck,
+    producer: str,
+    is_input: bool,
+    stage: Any,
 ) -> PortValidationError:
     origin = "external input" if producer == "" else f"node {producer!r}"
     direction = "input" if is_input else "output"
@@ -167,7 +176,10 @@ def _port_error(
         "or loosen the port's annotation"
     )
     return PortValidationError(
-        "\n".join(lines), node=info.node, port=port_check.port, stage=stage,
+        "\n".join(lines),
+        node=info.node,
+        port=port_check.port,
+        stage=stage,
         producer=producer or "external input",
     )
 
@@ -217,8 +229,12 @@ def compile_program(
         infos.append(_info(spec, feeds, sources, slots))
     results = _results(wiring, wired, order, outputs, slots, batch_keys)
     return Program(
-        size=slots.size + 1, batch_slots=tuple(slots.batch.items()),
-        steps=tuple(steps), infos=tuple(infos), results=results, stage=wired.stage,
+        size=slots.size + 1,
+        batch_slots=tuple(slots.batch.items()),
+        steps=tuple(steps),
+        infos=tuple(infos),
+        results=results,
+        stage=wired.stage,
         extras=None if outputs is None else frozenset(outputs),
     )
 
@@ -234,22 +250,29 @@ def _source(feed: Feed, slots: _Slots, batch_keys: frozenset[str]) -> Any:
     return () if feed.port.variadic else _MISSING
 
 
-def _step(spec: NodeSpec, sources: list[Any], target: Callable[..., Any],
-          slots: _Slots) -> Step:
+def _step(
+    spec: NodeSpec, sources: list[Any], target: Callable[..., Any], slots: _Slots
+) -> Step:
     post, out = _output_handler(spec, slots)
     entries = [
-        (port.kind, port.name,
-         _Constant(None) if source is _MISSING and not port.has_default else source,
-         port.default)
+        (
+            port.kind,
+            port.name,
+            _Constant(None) if source is _MISSING and not port.has_default else source,
+            port.default,
+        )
         for port, source in zip(spec.inputs, sources)
     ]
     if spec.context is not None:
         kind = "keyword" if spec.context_position is None else "positional"
-        position = len(entries) if spec.context_position is None else (
-            spec.context_position)
+        position = (
+            len(entries) if spec.context_position is None else (spec.context_position)
+        )
         entries.insert(position, (kind, spec.context, CONTEXT_SLOT, None))
-    if all(kind in ("positional", "positional-only") and type(source) is int
-           for kind, _, source, _ in entries):
+    if all(
+        kind in ("positional", "positional-only") and type(source) is int
+        for kind, _, source, _ in entries
+    ):
         plain = [source for _, _, source, _ in entries]
         if not plain:
             return (_NO_ARGS, target, None, out, post)
@@ -319,7 +342,10 @@ def _ignore(result: Any, vals: list[Any], extras: dict[str, Any]) -> None:
 
 
 def _several_handler(
-    node: str, names: tuple[str, ...], targets: tuple[int, ...], optional: frozenset[str]
+    node: str,
+    names: tuple[str, ...],
+    targets: tuple[int, ...],
+    optional: frozenset[str],
 ) -> Callable[[Any, list[Any], dict[str, Any]], None]:
     def post(result: Any, vals: list[Any], extras: dict[str, Any]) -> None:
         if isinstance(result, Mapping):
@@ -341,12 +367,16 @@ def _several_handler(
     return post
 
 
-def _undeclared_handler(spec: NodeSpec) -> Callable[[Any, list[Any], dict[str, Any]], None]:
+def _undeclared_handler(
+    spec: NodeSpec,
+) -> Callable[[Any, list[Any], dict[str, Any]], None]:
     def post(result: Any, vals: list[Any], extras: dict[str, Any]) -> None:
         if result is None:
             return
         if not isinstance(result, Mapping):
-            raise _shape_error(spec.name, (), f"returned {summarize(result)}, not a dict")
+            raise _shape_error(
+                spec.name, (), f"returned {summarize(result)}, not a dict"
+            )
         extras.update(result)
 
     return post
@@ -360,8 +390,9 @@ def _shape_error(node: str, names: tuple[str, ...], what: str) -> TypeError:
     )
 
 
-def _info(spec: NodeSpec, feeds: tuple[Feed, ...], sources: list[Any],
-          slots: _Slots) -> StepInfo:
+def _info(
+    spec: NodeSpec, feeds: tuple[Feed, ...], sources: list[Any], slots: _Slots
+) -> StepInfo:
     inputs = []
     checks = []
     for feed, source in zip(feeds, sources):
@@ -372,23 +403,45 @@ def _info(spec: NodeSpec, feeds: tuple[Feed, ...], sources: list[Any],
             continue
         found = source if isinstance(source, tuple) else (source,)
         producers = tuple(n for n, _ in feed.producers) or ("",) * len(found)
-        checks.append(PortCheck(port=port.name, check=check, slots=found,
-                                producers=producers, optional=port.optional))
+        checks.append(
+            PortCheck(
+                port=port.name,
+                check=check,
+                slots=found,
+                producers=producers,
+                optional=port.optional,
+            )
+        )
     output_checks = []
     for port in spec.outputs:
         check = compile_check(port.annotation, port.spec)
         if check is not None:
             slot = slots.of_output(spec.name, port.name)
-            output_checks.append(PortCheck(port=port.name, check=check, slots=(slot,),
-                                           producers=(spec.name,),
-                                           optional=port.optional))
-    return StepInfo(node=spec.name, location=spec.location, inputs=tuple(inputs),
-                    input_checks=tuple(checks), output_checks=tuple(output_checks))
+            output_checks.append(
+                PortCheck(
+                    port=port.name,
+                    check=check,
+                    slots=(slot,),
+                    producers=(spec.name,),
+                    optional=port.optional,
+                )
+            )
+    return StepInfo(
+        node=spec.name,
+        location=spec.location,
+        inputs=tuple(inputs),
+        input_checks=tuple(checks),
+        output_checks=tuple(output_checks),
+    )
 
 
 def _results(
-    wiring: Wiring, wired: StageWiring, order: list[str],
-    outputs: tuple[str, ...] | None, slots: _Slots, batch_keys: frozenset[str],
+    wiring: Wiring,
+    wired: StageWiring,
+    order: list[str],
+    outputs: tuple[str, ...] | None,
+    slots: _Slots,
+    batch_keys: frozenset[str],
 ) -> tuple[tuple[str, Any], ...]:
     ran = set(order)
     names = outputs if outputs is not None else _all_output_names(wiring, order)

@@ -81,8 +81,14 @@ def merge_problems(problems: Iterable[Problem]) -> list[Problem]:
     """Merge problems that differ only in their stage, keeping first-seen order."""
     merged: dict[tuple[object, ...], Problem] = {}
     for problem in problems:
-        key = (problem.kind, problem.node, problem.port, problem.summary,
-               problem.details, problem.fix)
+        key = (
+            problem.kind,
+            problem.node,
+            problem.port,
+            problem.summary,
+            problem.details,
+            problem.fix,
+        )
         if key in merged:
             old = merged[key]
             merged[key] = attrs.evolve(old, stages=old.stages | problem.stages)
@@ -166,8 +172,12 @@ class SpecMismatchError(WiringError):
 
 _ERROR_BY_KIND: dict[str, type[WiringError]] = {
     error.kind: error  # type: ignore[misc]
-    for error in (CycleError, DuplicateOutputError, MissingInputError,
-                  SpecMismatchError)
+    for error in (
+        CycleError,
+        DuplicateOutputError,
+        MissingInputError,
+        SpecMismatchError,
+    )
 }
 
 

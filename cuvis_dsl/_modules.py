@@ -78,7 +78,9 @@ def _as_changes(role: str, options: dict[str, Any]) -> dict[str, Any]:
     return changes
 
 
-def declare_module_instance(module: torch.nn.Module, *, role: str, **options: Any) -> Any:
+def declare_module_instance(
+    module: torch.nn.Module, *, role: str, **options: Any
+) -> Any:
     """Make one module instance a node (or change its declaration)."""
     current = module.__dict__.get(_INSTANCE_KEY)
     if current is None:
@@ -104,9 +106,14 @@ def _read(
     try:
         return read_spec(
             cls.forward,  # type: ignore[attr-defined]
-            name=node_name, stages=stages, outputs=declaration.outputs,
-            inputs=declaration.inputs, role=declaration.role, localns=None,
-            exclude=frozenset({"self"}), location=source_location(cls.forward),  # type: ignore[attr-defined]
+            name=node_name,
+            stages=stages,
+            outputs=declaration.outputs,
+            inputs=declaration.inputs,
+            role=declaration.role,
+            localns=None,
+            exclude=frozenset({"self"}),
+            location=source_location(cls.forward),  # type: ignore[attr-defined]
         )
     except Unresolved as exc:
         if deferred_ok:
@@ -115,7 +122,8 @@ def _read(
             f"node {node_name!r} ({source_location(cls)}): the annotation of "
             f"parameter {exc.parameter!r} of forward names {exc.name!r}, which "
             f"is not defined.\n  Fix: import or define {exc.name!r}.",
-            node=node_name, port=exc.parameter,
+            node=node_name,
+            port=exc.parameter,
         ) from None
 
 
@@ -126,7 +134,9 @@ def module_spec(item: object) -> NodeSpec | None:
     own = getattr(item, "node_spec", None)
     if callable(own):
         return own()  # type: ignore[no-any-return]
-    declaration = item.__dict__.get(_INSTANCE_KEY) or getattr(type(item), _CLASS_KEY, None)
+    declaration = item.__dict__.get(_INSTANCE_KEY) or getattr(
+        type(item), _CLASS_KEY, None
+    )
     if declaration is None:
         return None
     return _read(type(item), declaration, _default_name(item))

@@ -65,9 +65,15 @@ class FunctionNode:
     def _read(self) -> NodeSpec:
         target, hints_of, exclude = _unpartial(self.func)
         return read_spec(
-            target, name=self.name, stages=self.stages, outputs=self._outputs,
-            inputs=self._inputs, role=self.role, localns=self._localns,
-            hints_of=hints_of, exclude=exclude,
+            target,
+            name=self.name,
+            stages=self.stages,
+            outputs=self._outputs,
+            inputs=self._inputs,
+            role=self.role,
+            localns=self._localns,
+            hints_of=hints_of,
+            exclude=exclude,
         )
 
     @property
@@ -83,7 +89,8 @@ class FunctionNode:
                     f"{exc.name!r}, which is not defined.\n"
                     f"  Fix: import or define {exc.name!r} in the module of "
                     f"{self.name!r}, or correct the annotation.",
-                    node=self.name, port=exc.parameter,
+                    node=self.name,
+                    port=exc.parameter,
                 ) from None
         return self._spec
 
@@ -100,12 +107,17 @@ class FunctionNode:
             spec = self.spec
         except DefinitionError:
             return f"<node {self.name!r} (unresolved annotations)>"
-        return f"<{self.role} {self.name!r} {spec.signature_text()}, stages={self.stages}>"
+        return (
+            f"<{self.role} {self.name!r} {spec.signature_text()}, stages={self.stages}>"
+        )
 
     def _declaration(self) -> dict[str, Any]:
         return {
-            "name": self.name, "stages": self.stages, "outputs": self._outputs,
-            "inputs": self._inputs, "role": self.role,
+            "name": self.name,
+            "stages": self.stages,
+            "outputs": self._outputs,
+            "inputs": self._inputs,
+            "role": self.role,
         }
 
     def derive(self, **changes: Any) -> FunctionNode:
@@ -126,7 +138,9 @@ class FunctionNode:
         return (_rebuild, (self.func, self._declaration()))
 
 
-def _unpartial(func: Callable[..., Any]) -> tuple[Callable[..., Any], Any, frozenset[str]]:
+def _unpartial(
+    func: Callable[..., Any],
+) -> tuple[Callable[..., Any], Any, frozenset[str]]:
     if isinstance(func, functools.partial):
         return func, func.func, frozenset(func.keywords)
     if inspect.isfunction(func) or inspect.ismethod(func):
@@ -140,7 +154,9 @@ def _unpartial(func: Callable[..., Any]) -> tuple[Callable[..., Any], Any, froze
 def _node_name(func: Callable[..., Any], name: str | None) -> str:
     if name is not None:
         if not isinstance(name, str) or not name.isidentifier():
-            raise DefinitionError(f"node name {name!r} is not an identifier", node=str(name))
+            raise DefinitionError(
+                f"node name {name!r} is not an identifier", node=str(name)
+            )
         return name
     guessed = getattr(func, "__name__", None)
     if guessed == "<lambda>":
@@ -268,8 +284,9 @@ def node(
     >>> node(double, name="twice", inputs={"x": "y"})
     <node 'twice' (x<-y: Tensor) -> twice, stages=TRAIN|VAL>
     """
-    return _declare(obj, "node", name=name, stages=stages, outputs=outputs,
-                    inputs=inputs)
+    return _declare(
+        obj, "node", name=name, stages=stages, outputs=outputs, inputs=inputs
+    )
 
 
 def loss(
@@ -294,8 +311,9 @@ def loss(
     >>> mse.stages
     StageSet(TRAIN|VAL|TEST)
     """
-    return _declare(obj, "loss", name=name, stages=stages, outputs=outputs,
-                    inputs=inputs)
+    return _declare(
+        obj, "loss", name=name, stages=stages, outputs=outputs, inputs=inputs
+    )
 
 
 def metric(
@@ -318,8 +336,9 @@ def metric(
     >>> accuracy.stages
     StageSet(VAL|TEST)
     """
-    return _declare(obj, "metric", name=name, stages=stages, outputs=outputs,
-                    inputs=inputs)
+    return _declare(
+        obj, "metric", name=name, stages=stages, outputs=outputs, inputs=inputs
+    )
 
 
 def _declare(obj: Any, role: str, **options: Any) -> Any:
@@ -329,7 +348,9 @@ def _declare(obj: Any, role: str, **options: Any) -> Any:
     return _declare_one(obj, role=role, localns=localns, **options)
 
 
-def _declare_one(obj: Any, *, role: str, localns: dict[str, Any], **options: Any) -> Any:
+def _declare_one(
+    obj: Any, *, role: str, localns: dict[str, Any], **options: Any
+) -> Any:
     if isinstance(obj, FunctionNode):
         if role != "node":
             options["role"] = role

@@ -63,7 +63,9 @@ class Pipeline(torch.nn.Module):
         specs = [spec_of(item) for item in items]
         self._wiring = Wiring(specs)
         self._items = {spec.name: item for spec, item in zip(specs, items)}
-        self._targets = {name: call_target_of(item) for name, item in self._items.items()}
+        self._targets = {
+            name: call_target_of(item) for name, item in self._items.items()
+        }
         self._register_modules()
         self._wiring.check()
         self._plans: dict[PlanKey, Plan] = {}
@@ -148,7 +150,9 @@ class Pipeline(torch.nn.Module):
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans.setdefault(key, self._make_plan(*key))
-        return plan.program.run(batch, context, self.checks if checks is None else checks)
+        return plan.program.run(
+            batch, context, self.checks if checks is None else checks
+        )
 
     def _make_plan(
         self, stage: ExecutionStage, outputs: tuple[str, ...] | None, keys: frozenset
@@ -226,7 +230,9 @@ class Pipeline(torch.nn.Module):
             )
         plan = self.plan(resolved, outputs, batch)
         if node not in plan.nodes:
-            return f"node {node!r} does not run in {resolved.name}: {plan.skipped[node]}."
+            return (
+                f"node {node!r} does not run in {resolved.name}: {plan.skipped[node]}."
+            )
         return self._explain_running(node, plan)
 
     def _explain_running(self, node: str, plan: Plan) -> str:
@@ -265,8 +271,10 @@ def _feed_text(feed: Any, plan: Plan) -> str:
     if feed.external is not None and feed.external in plan.inputs:
         return f"from the batch key {feed.external!r}"
     if feed.skipped:
-        return (f"default {feed.port.default!r} (its producer "
-                f"{', '.join(feed.skipped)} does not run in {plan.stage.name})")
+        return (
+            f"default {feed.port.default!r} (its producer "
+            f"{', '.join(feed.skipped)} does not run in {plan.stage.name})"
+        )
     return f"default {feed.port.default!r} (not in the batch)"
 
 

@@ -102,8 +102,13 @@ def make_plan(
     skipped = _skipped(wiring, wired, needed, outputs)
     program = compile_program(wiring, wired, order, outputs, batch_keys, targets)
     plan = Plan(
-        stage=stage, outputs=outputs, inputs=program.batch_keys, nodes=tuple(order),
-        skipped=skipped, program=program, wiring=wiring,
+        stage=stage,
+        outputs=outputs,
+        inputs=program.batch_keys,
+        nodes=tuple(order),
+        skipped=skipped,
+        program=program,
+        wiring=wiring,
     )
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s", plan)
@@ -117,7 +122,9 @@ def _collisions(
         if wiring.is_internal(key):
             producers = ", ".join(wiring.at(n) for n in wiring.producers[key])
             yield Problem(
-                kind="collision", node=wiring.producers[key][0], port=key,
+                kind="collision",
+                node=wiring.producers[key][0],
+                port=key,
                 stages=StageSet(stage),
                 summary=f"batch key {key!r} is also an output of {producers}; "
                 "which one consumers should read would be a guess.",
@@ -162,19 +169,26 @@ def _unavailable_output(
 ) -> Problem:
     makers = wiring.producers.get(name, []) + wiring.rebinders.get(name, [])
     if makers:
-        where = ", ".join(f"{wiring.at(n)}, which runs in {wiring.specs[n].stages}"
-                          for n in makers)
+        where = ", ".join(
+            f"{wiring.at(n)}, which runs in {wiring.specs[n].stages}" for n in makers
+        )
         summary = f"requested output {name!r} is produced only by {where}."
         fix = "request it in a stage where its producer runs, or add {stages} to "
         fix += "the producer's stages"
     else:
         known = set(wiring.producers) | set(wiring.rebinders) | set(batch_keys)
-        summary = (f"requested output {name!r} is not produced by any node."
-                   f"{did_you_mean(name, known)}")
+        summary = (
+            f"requested output {name!r} is not produced by any node."
+            f"{did_you_mean(name, known)}"
+        )
         fix = f"request one of {quoted(known)}"
     return Problem(
-        kind="missing", node=None, port=name, stages=StageSet(wired.stage),
-        summary=summary, fix=fix,
+        kind="missing",
+        node=None,
+        port=name,
+        stages=StageSet(wired.stage),
+        summary=summary,
+        fix=fix,
     )
 
 
@@ -213,7 +227,10 @@ def topological_order(wired: StageWiring, needed: set[str]) -> list[str]:
 
 
 def _skipped(
-    wiring: Wiring, wired: StageWiring, needed: set[str], outputs: tuple[str, ...] | None
+    wiring: Wiring,
+    wired: StageWiring,
+    needed: set[str],
+    outputs: tuple[str, ...] | None,
 ) -> dict[str, str]:
     skipped = {}
     for name, spec in sorted(wiring.specs.items()):

@@ -279,8 +279,9 @@ def compile_check(annotation: Any, spec: PortSpec) -> Check | None:
     expected = describe_type(annotation, spec)
     tensor_dtype = dtype if isinstance(dtype, torch.dtype) else None
     python_type = dtype if isinstance(dtype, type) else None
-    fixed = tuple((i, d) for i, d in enumerate(shape or ()) if isinstance(d, int)
-                  and d >= 0)
+    fixed = tuple(
+        (i, d) for i, d in enumerate(shape or ()) if isinstance(d, int) and d >= 0
+    )
     symbolic = tuple((i, d) for i, d in enumerate(shape or ()) if isinstance(d, str))
     rank = len(shape) if shape is not None else None
 

@@ -142,7 +142,9 @@ def resolve_hints(
         ) from exc
 
 
-def _find_unresolved(func: Callable[..., Any], localns: Mapping[str, Any] | None) -> str:
+def _find_unresolved(
+    func: Callable[..., Any], localns: Mapping[str, Any] | None
+) -> str:
     raw = getattr(func, "__annotations__", {})
     namespace = dict(getattr(func, "__globals__", {}))
     namespace.update(localns or {})
@@ -224,7 +226,8 @@ def read_inputs(
                 raise DefinitionError(
                     f"node {owner!r}: *{name} cannot receive the Context; "
                     f"write '{name}: Context' as a normal parameter",
-                    node=owner, port=name,
+                    node=owner,
+                    port=name,
                 )
             context = _only_one_context(context, name, owner)
             if parameter.kind is not parameter.KEYWORD_ONLY:
@@ -235,7 +238,8 @@ def read_inputs(
         raise DefinitionError(
             f"node {owner!r}: inputs= renames {sorted(rename)}, which are not "
             f"input ports; the ports are {[p.name for p in ports]}",
-            node=owner, port=next(iter(rename)),
+            node=owner,
+            port=next(iter(rename)),
         )
     return tuple(ports), context, position
 
@@ -245,7 +249,8 @@ def _only_one_context(current: str | None, name: str, owner: str) -> str:
         raise DefinitionError(
             f"node {owner!r} asks for the Context twice ({current!r} and "
             f"{name!r}); keep one, or annotate the data port with its type",
-            node=owner, port=name,
+            node=owner,
+            port=name,
         )
     return name
 
@@ -257,7 +262,10 @@ def _input_port(
     has_default = parameter.default is not parameter.empty
     if parameter.kind is parameter.VAR_POSITIONAL:
         return Port(
-            name=parameter.name, wire=wire, annotation=bare, kind="varargs",
+            name=parameter.name,
+            wire=wire,
+            annotation=bare,
+            kind="varargs",
             spec=attrs.evolve(spec, variadic=True, optional=True),
         )
     if spec.variadic:
@@ -316,7 +324,8 @@ def _check_output_names(names: list[str], owner: str) -> None:
         if not isinstance(name, str) or not name.isidentifier():
             raise DefinitionError(
                 f"node {owner!r}: output name {name!r} is not an identifier",
-                node=owner, port=str(name),
+                node=owner,
+                port=str(name),
             )
     if len(set(names)) != len(names):
         raise DefinitionError(
@@ -324,7 +333,9 @@ def _check_output_names(names: list[str], owner: str) -> None:
         )
 
 
-def _several_annotations(annotation: Any, names: list[str], owner: str) -> dict[str, Any]:
+def _several_annotations(
+    annotation: Any, names: list[str], owner: str
+) -> dict[str, Any]:
     base = _strip(annotation)
     if typing_extensions.is_typeddict(base):
         fields = typing.get_type_hints(base, include_extras=True)
@@ -347,8 +358,11 @@ def _output_port(name: str, annotation: Any) -> Port:
     if spec.variadic:
         raise DefinitionError(f"output {name!r} cannot be variadic", node=name)
     return Port(
-        name=name, wire=name, spec=attrs.evolve(spec, optional=admits_none),
-        annotation=bare, kind="output",
+        name=name,
+        wire=name,
+        spec=attrs.evolve(spec, optional=admits_none),
+        annotation=bare,
+        kind="output",
     )
 
 
@@ -378,19 +392,23 @@ def read_spec(
             f"cannot read the signature of {name!r}: {exc}", node=name
         ) from exc
     hints = resolve_hints(hints_of or func, localns, name)
-    in_ports, context, position = read_inputs(
-        signature, hints, name, exclude, inputs
-    )
+    in_ports, context, position = read_inputs(signature, hints, name, exclude, inputs)
     annotated = "return" in hints or signature.return_annotation is not signature.empty
     out_ports, returns = read_outputs(
         hints.get("return", Any), outputs, name, name, annotated
     )
     _check_rebinding(in_ports, out_ports, name)
     return NodeSpec(
-        name=name, stages=stages, inputs=in_ports, outputs=out_ports,
-        returns=returns, context=context,
-        location=location or source_location(hints_of or func), role=role,
-        origin=_origin(hints_of or func), context_position=position,
+        name=name,
+        stages=stages,
+        inputs=in_ports,
+        outputs=out_ports,
+        returns=returns,
+        context=context,
+        location=location or source_location(hints_of or func),
+        role=role,
+        origin=_origin(hints_of or func),
+        context_position=position,
     )
 
 
@@ -401,7 +419,9 @@ def _origin(func: Any) -> str:
     return f"{module}.{qualname}"
 
 
-def _check_rebinding(inputs: tuple[Port, ...], outputs: tuple[Port, ...], owner: str) -> None:
+def _check_rebinding(
+    inputs: tuple[Port, ...], outputs: tuple[Port, ...], owner: str
+) -> None:
     produced = {port.name for port in outputs}
     for port in inputs:
         if port.variadic and port.wire in produced:
@@ -409,5 +429,6 @@ def _check_rebinding(inputs: tuple[Port, ...], outputs: tuple[Port, ...], owner:
                 f"node {owner!r}: variadic input {port.name!r} has the name of "
                 f"its own output; a fan-in port cannot be rebound. Rename the "
                 f"output with outputs=",
-                node=owner, port=port.name,
+                node=owner,
+                port=port.name,
             )

@@ -69,9 +69,7 @@ class Wiring:
             for output in spec.outputs:
                 table = self.rebinders if output.name in wires else self.producers
                 table[output.name].append(spec.name)
-        self.undeclared = {
-            key: spec.name for spec in specs for key in spec.undeclared
-        }
+        self.undeclared = {key: spec.name for spec in specs for key in spec.undeclared}
         self.stages = {stage: self._wire(stage) for stage in CONCRETE_STAGES}
 
     def is_internal(self, name: str) -> bool:
@@ -108,7 +106,9 @@ class Wiring:
     def _rebinds(self, node: str, port: Port) -> bool:
         return port.wire in self.specs[node].output_names
 
-    def _feed(self, port: Port, node: str, table: dict[str, tuple[Source, ...]]) -> Feed:
+    def _feed(
+        self, port: Port, node: str, table: dict[str, tuple[Source, ...]]
+    ) -> Feed:
         name = port.wire
         producers = table.get(name, ())
         if producers:
@@ -139,7 +139,9 @@ class Wiring:
             for feed in wired.feeds[node]:
                 yield from self._feed_problems(node, feed, stage)
 
-    def _feed_problems(self, node: str, feed: Feed, stage: StageSet) -> Iterable[Problem]:
+    def _feed_problems(
+        self, node: str, feed: Feed, stage: StageSet
+    ) -> Iterable[Problem]:
         port = feed.port
         if len(feed.producers) > 1 and not port.variadic:
             yield self._duplicate_problem(node, port, feed.producers, stage)
@@ -169,11 +171,15 @@ class Wiring:
         feeds = self.stages[next(iter(stage))].feeds
         edges = []
         for a, b in zip(ordered, ordered[1:] + ordered[:1]):
-            wires = sorted({f.port.wire for f in feeds[b]
-                            if any(p == a for p, _ in f.producers)})
+            wires = sorted(
+                {f.port.wire for f in feeds[b] if any(p == a for p, _ in f.producers)}
+            )
             edges.append(f"{self.at(a)} feeds {'/'.join(map(repr, wires))} to {b!r}")
         return Problem(
-            kind="cycle", node=ordered[0], port=None, stages=stage,
+            kind="cycle",
+            node=ordered[0],
+            port=None,
+            stages=stage,
             summary=f"cycle in {{stages}}: {' -> '.join(ordered + [ordered[0]])}.",
             details=tuple(edges),
             fix="rename an input or an output so that one of these wires breaks; "
@@ -181,9 +187,14 @@ class Wiring:
             "something upstream produces it",
         )
 
-    def _rebinding_problem(self, name: str, nodes: list[str], stage: StageSet) -> Problem:
+    def _rebinding_problem(
+        self, name: str, nodes: list[str], stage: StageSet
+    ) -> Problem:
         return Problem(
-            kind="rebinding", node=nodes[0], port=name, stages=stage,
+            kind="rebinding",
+            node=nodes[0],
+            port=name,
+            stages=stage,
             summary=f"{len(nodes)} nodes rebind {name!r} in {{stages}}: "
             f"{', '.join(self.at(n) for n in nodes)}; their order would be a guess.",
             fix=f"chain them explicitly: let one read {name!r} and publish a new "
@@ -194,10 +205,14 @@ class Wiring:
         self, node: str, port: Port, producers: tuple[Source, ...], stage: StageSet
     ) -> Problem:
         names = [p for p, _ in producers]
-        origins = ", ".join(f"{self.specs[p].origin} ({self.specs[p].location})"
-                            for p in names)
+        origins = ", ".join(
+            f"{self.specs[p].origin} ({self.specs[p].location})" for p in names
+        )
         return Problem(
-            kind="duplicate", node=node, port=port.name, stages=stage,
+            kind="duplicate",
+            node=node,
+            port=port.name,
+            stages=stage,
             summary=f"output {port.wire!r} has {len(names)} producers in {{stages}}, "
             f"but input {port.name!r} of node {self.at(node)} takes one value.",
             details=(f"Producers: {origins}.",),
@@ -209,7 +224,10 @@ class Wiring:
     def _undeclared_problem(self, node: str, port: Port, stage: StageSet) -> Problem:
         owner = self.undeclared[port.wire]
         return Problem(
-            kind="undeclared", node=node, port=port.name, stages=stage,
+            kind="undeclared",
+            node=node,
+            port=port.name,
+            stages=stage,
             summary=f"input {port.name!r} of node {self.at(node)} reads "
             f"{port.wire!r}, which node {self.at(owner)} returns without "
             f"declaring it.",
@@ -224,7 +242,10 @@ class Wiring:
             f"{self.at(p)}, which runs in {self.specs[p].stages}" for p in skipped
         )
         return Problem(
-            kind="missing", node=node, port=port.name, stages=stage,
+            kind="missing",
+            node=node,
+            port=port.name,
+            stages=stage,
             summary=f"input {port.wire!r} of node {self.at(node)} is produced "
             f"only by {producers}; nothing provides it in {{stages}}.",
             fix=f"give {port.name!r} a default (None), let "
@@ -237,11 +258,16 @@ class Wiring:
     ) -> Problem:
         out = self.output_port(producer, port.wire)
         return Problem(
-            kind="spec", node=node, port=port.name, stages=stage,
+            kind="spec",
+            node=node,
+            port=port.name,
+            stages=stage,
             summary=f"output {port.wire!r} of {self.at(producer)} cannot feed "
             f"input {port.name!r} of {self.at(node)}: {reason}.",
-            details=(f"Producer declares {out.describe()}; consumer expects "
-                     f"{port.describe()}.",),
+            details=(
+                f"Producer declares {out.describe()}; consumer expects "
+                f"{port.describe()}.",
+            ),
             fix="make the two annotations agree, or convert the value in a node "
             "between them",
         )
@@ -253,13 +279,17 @@ def _check_unique_names(specs: Sequence[NodeSpec]) -> None:
     for spec in specs:
         other = seen.get(spec.name)
         if other is not None:
-            problems.append(Problem(
-                kind="duplicate", node=spec.name, port=None,
-                stages=other.stages | spec.stages,
-                summary=f"two nodes are named {spec.name!r}: {other.origin} "
-                f"({other.location}) and {spec.origin} ({spec.location}).",
-                fix=f"rename one: node({spec.name}, name='{spec.name}_2')",
-            ))
+            problems.append(
+                Problem(
+                    kind="duplicate",
+                    node=spec.name,
+                    port=None,
+                    stages=other.stages | spec.stages,
+                    summary=f"two nodes are named {spec.name!r}: {other.origin} "
+                    f"({other.location}) and {spec.origin} ({spec.location}).",
+                    fix=f"rename one: node({spec.name}, name='{spec.name}_2')",
+                )
+            )
         seen[spec.name] = spec
     if problems:
         raise WiringError.from_problems(problems, "pipeline cannot be built")
@@ -294,7 +324,7 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
                 continue
             mark = state.get(child, 0)
             if mark == 1:
-                cycle = path[path.index(child):]
+                cycle = path[path.index(child) :]
                 return list(reversed(cycle))
             if mark == 0:
                 state[child] = 1
@@ -304,7 +334,11 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 
 def missing_input_problem(
-    node: str, port: Port, wiring: Wiring, stage: ExecutionStage, available: Iterable[str]
+    node: str,
+    port: Port,
+    wiring: Wiring,
+    stage: ExecutionStage,
+    available: Iterable[str],
 ) -> Problem:
     """A required external input that the batch does not contain."""
     names = sorted(set(available))
@@ -316,7 +350,10 @@ def missing_input_problem(
         else f"input {port.wire!r} of node {wiring.at(node)} has no producer"
     )
     return Problem(
-        kind="missing", node=node, port=port.name, stages=StageSet(stage),
+        kind="missing",
+        node=node,
+        port=port.name,
+        stages=StageSet(stage),
         summary=f"{what} in {{stages}}.",
         details=(f"Available: {quoted(names)}.{did_you_mean(port.wire, names)}",),
         fix=f"provide {port.wire!r} in the batch, add a node that returns "

@@ -11,6 +11,7 @@ from ._errors import (
     SpecMismatchError,
     WiringError,
 )
+from ._metric import Metric
 from ._node import FunctionNode, loss, metric, node
 from ._pipeline import Pipeline
 from ._plan import Plan
@@ -26,6 +27,7 @@ __all__ = [
     "DuplicateOutputError",
     "ExecutionStage",
     "FunctionNode",
+    "Metric",
     "MissingInputError",
     "NodeSpec",
     "Pipeline",

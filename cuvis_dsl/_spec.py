@@ -133,9 +133,12 @@ def resolve_hints(
         return typing.get_type_hints(
             func, localns=dict(localns or {}), include_extras=True
         )
-    except NameError as exc:
-        parameter = _find_unresolved(func, localns)
-        raise Unresolved(parameter, getattr(exc, "name", None) or str(exc)) from exc
+    except (NameError, AttributeError) as exc:
+        # A typo such as ``torch.Tensr`` fails as an AttributeError; both
+        # must name the parameter rather than escape as a bare exception.
+        parameter, text = _find_unresolved(func, localns)
+        name = getattr(exc, "name", None) if isinstance(exc, NameError) else None
+        raise Unresolved(parameter, name or text or str(exc)) from exc
     except TypeError as exc:
         raise DefinitionError(
             f"cannot read the annotations of {owner!r}: {exc}", node=owner
@@ -144,7 +147,7 @@ def resolve_hints(
 
 def _find_unresolved(
     func: Callable[..., Any], localns: Mapping[str, Any] | None
-) -> str:
+) -> tuple[str, str]:
     raw = getattr(func, "__annotations__", {})
     namespace = dict(getattr(func, "__globals__", {}))
     namespace.update(localns or {})
@@ -152,9 +155,9 @@ def _find_unresolved(
         if isinstance(annotation, str):
             try:
                 eval(annotation, namespace)
-            except NameError:
-                return parameter
-    return "?"
+            except (NameError, AttributeError):
+                return parameter, annotation
+    return "?", ""
 
 
 def _is_context(annotation: Any) -> bool:

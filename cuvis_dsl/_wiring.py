@@ -341,7 +341,9 @@ def missing_input_problem(
     available: Iterable[str],
 ) -> Problem:
     """A required external input that the batch does not contain."""
-    names = sorted(set(available))
+    # The missing name itself is never a useful suggestion (a rebinder's
+    # own output would otherwise be offered for its input).
+    names = sorted(set(available) - {port.wire})
     rebinding = port.wire in wiring.specs[node].output_names
     what = (
         f"node {wiring.at(node)} rebinds {port.wire!r}, but nothing upstream "

@@ -209,8 +209,15 @@ def _rebuild_from(base: FunctionNode, declaration: dict[str, Any]) -> FunctionNo
     return FunctionNode(base.func, **declaration)
 
 
-def _caller_namespace(depth: int) -> dict[str, Any]:
+def _caller_namespace(depth: int) -> dict[str, Any] | None:
+    """Locals of the frame that declares a node, for annotations naming them.
+
+    At module level the function's own globals already serve, so nothing
+    is copied.
+    """
     frame = sys._getframe(depth + 1)
+    if frame.f_locals is frame.f_globals:
+        return None
     return dict(frame.f_locals)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -269,14 +270,26 @@ def compile_check(annotation: Any, spec: PortSpec) -> Check | None:
 
     The check takes the value, the call's symbolic bindings (name to size
     and the port that bound it) and the port name, and raises
-    `SpecViolation`.
+    `SpecViolation`. Checks are shared between ports with the same
+    annotation and spec.
     """
+    try:
+        return _cached_check(annotation, spec)
+    except TypeError:
+        return _build_check(annotation, spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_check(annotation: Any, spec: PortSpec) -> Check | None:
+    return _build_check(annotation, spec)
+
+
+def _build_check(annotation: Any, spec: PortSpec) -> Check | None:
     classes = _runtime_classes(annotation)
     dtype = spec.dtype
     shape = spec.shape
     if classes is None and dtype is None and shape is None:
         return None
-    expected = describe_type(annotation, spec)
     tensor_dtype = dtype if isinstance(dtype, torch.dtype) else None
     python_type = dtype if isinstance(dtype, type) else None
     fixed = tuple(
@@ -285,51 +298,61 @@ def compile_check(annotation: Any, spec: PortSpec) -> Check | None:
     symbolic = tuple((i, d) for i, d in enumerate(shape or ()) if isinstance(d, str))
     rank = len(shape) if shape is not None else None
 
+    def fail(reason: str) -> SpecViolation:
+        return SpecViolation(reason, describe_type(annotation, spec))
+
     def check(value: Any, bindings: Bindings, port: str) -> None:
         if classes is not None and not isinstance(value, classes):
-            raise SpecViolation(f"got {summarize(value)}", expected)
+            raise fail(f"got {summarize(value)}")
         if python_type is not None and not isinstance(value, python_type):
-            raise SpecViolation(f"got {summarize(value)}", expected)
+            raise fail(f"got {summarize(value)}")
         if tensor_dtype is None and rank is None:
             return
         if not isinstance(value, torch.Tensor):
-            raise SpecViolation(f"got {summarize(value)}, not a tensor", expected)
+            raise fail(f"got {summarize(value)}, not a tensor")
         if tensor_dtype is not None and value.dtype != tensor_dtype:
-            raise SpecViolation(f"dtype mismatch: got {summarize(value)}", expected)
+            raise fail(f"dtype mismatch: got {summarize(value)}")
         if rank is None:
             return
         actual = value.shape
         if len(actual) != rank:
-            raise SpecViolation(
-                f"rank mismatch: expected {rank} dims, got {summarize(value)}",
-                expected,
-            )
+            raise fail(f"rank mismatch: expected {rank} dims, got {summarize(value)}")
         for index, size in fixed:
             if actual[index] != size:
-                raise SpecViolation(
-                    f"dim {index} must be {size}: got {summarize(value)}", expected
-                )
+                raise fail(f"dim {index} must be {size}: got {summarize(value)}")
         for index, name in symbolic:
-            _bind(bindings, name, actual[index], port, value)
+            _bind(bindings, name, actual[index], port, value, fail)
 
     return check
 
 
-def _bind(bindings: Bindings, name: str, size: int, port: str, value: Any) -> None:
+def _bind(
+    bindings: Bindings,
+    name: str,
+    size: int,
+    port: str,
+    value: Any,
+    fail: Callable[[str], SpecViolation],
+) -> None:
     bound = bindings.get(name)
     if bound is None:
         bindings[name] = (size, port)
     elif bound[0] != size:
-        raise SpecViolation(
+        raise fail(
             f"symbolic dim {name} conflicts: {name}={bound[0]} from "
             f"{bound[1]!r} but {name}={size} from {port!r} "
-            f"(got {summarize(value)})",
-            "",
+            f"(got {summarize(value)})"
         )
 
 
 def incompatibility(out: Port, into: Port) -> str | None:
     """Why a producer's declared output cannot feed a consumer's port, if so."""
+    if (
+        out.annotation is into.annotation
+        and out.spec.shape == into.spec.shape
+        and (out.spec.dtype == into.spec.dtype)
+    ):
+        return None
     out_classes = _runtime_classes(out.annotation)
     in_classes = _runtime_classes(into.annotation)
     if out_classes and in_classes and type(None) not in out_classes:

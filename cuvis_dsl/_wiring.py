@@ -62,6 +62,7 @@ class Wiring:
     def __init__(self, specs: Sequence[NodeSpec]) -> None:
         _check_unique_names(specs)
         self.specs = {spec.name: spec for spec in specs}
+        self.outputs_of = {spec.name: frozenset(spec.output_names) for spec in specs}
         self.producers: dict[str, list[str]] = defaultdict(list)
         self.rebinders: dict[str, list[str]] = defaultdict(list)
         for spec in sorted(specs, key=lambda s: s.name):
@@ -104,7 +105,7 @@ class Wiring:
         return StageWiring(stage=stage, active=active, feeds=feeds, values=values)
 
     def _rebinds(self, node: str, port: Port) -> bool:
-        return port.wire in self.specs[node].output_names
+        return port.wire in self.outputs_of[node]
 
     def _feed(
         self, port: Port, node: str, table: dict[str, tuple[Source, ...]]

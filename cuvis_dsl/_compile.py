@@ -30,12 +30,16 @@ Step = tuple[int, Callable[..., Any], Any, Any, Any]
 
 @attrs.frozen
 class PortCheck:
-    """The run-time check of one input or output port of one step."""
+    """The run-time check of one value arriving at (or leaving) one port.
+
+    A variadic port has one check per producer, so that an error names the
+    producer of the offending element.
+    """
 
     port: str
     check: Check
-    slots: tuple[int, ...]
-    producers: tuple[str, ...]
+    slot: int
+    producer: str
     optional: bool
 
 
@@ -80,7 +84,8 @@ class Program:
             for index, (kind, fn, get, out, post) in enumerate(self.steps):
                 if checks:
                     bindings = {}
-                    self._check(self.infos[index], True, vals, bindings)
+                    if self.infos[index].input_checks:
+                        self._check(self.infos[index], True, vals, bindings)
                 if kind == _ONE_ARG:
                     result = fn(get(vals))
                 elif kind == _POSITIONAL:
@@ -94,7 +99,7 @@ class Program:
                     vals[out] = result
                 else:
                     post(result, vals, extras)
-                if checks:
+                if checks and self.infos[index].output_checks:
                     self._check(self.infos[index], False, vals, bindings)
         except Exception as exc:
             self._annotate(exc, index, vals, context)
@@ -104,18 +109,16 @@ class Program:
     def _check(
         self, info: StepInfo, inputs: bool, vals: list[Any], bindings: Bindings
     ) -> None:
-        port_checks = info.input_checks if inputs else info.output_checks
-        for port_check in port_checks:
-            for slot, producer in zip(port_check.slots, port_check.producers):
-                value = vals[slot]
-                if value is None and port_check.optional:
-                    continue
-                try:
-                    port_check.check(value, bindings, port_check.port)
-                except SpecViolation as violation:
-                    raise _port_error(
-                        violation, info, port_check, producer, inputs, self.stage
-                    ) from None
+        for port_check in info.input_checks if inputs else info.output_checks:
+            value = vals[port_check.slot]
+            if value is None and port_check.optional:
+                continue
+            try:
+                port_check.check(value, bindings, port_check.port)
+            except SpecViolation as violation:
+                raise _port_error(
+                    violation, info, port_check, inputs, self.stage
+                ) from None
 
     def _annotate(
         self, exc: Exception, index: int, vals: list[Any], context: Context
@@ -156,10 +159,10 @@ def _port_error(
     violation: SpecViolation,
     info: StepInfo,
     port_check: PortCheck,
-    producer: str,
     is_input: bool,
     stage: Any,
 ) -> PortValidationError:
+    producer = port_check.producer
     origin = "external input" if producer == "" else f"node {producer!r}"
     direction = "input" if is_input else "output"
     if not is_input:
@@ -403,14 +406,9 @@ def _info(
             continue
         found = source if isinstance(source, tuple) else (source,)
         producers = tuple(n for n, _ in feed.producers) or ("",) * len(found)
-        checks.append(
-            PortCheck(
-                port=port.name,
-                check=check,
-                slots=found,
-                producers=producers,
-                optional=port.optional,
-            )
+        checks.extend(
+            PortCheck(port.name, check, slot, producer, port.optional)
+            for slot, producer in zip(found, producers)
         )
     output_checks = []
     for port in spec.outputs:
@@ -418,13 +416,7 @@ def _info(
         if check is not None:
             slot = slots.of_output(spec.name, port.name)
             output_checks.append(
-                PortCheck(
-                    port=port.name,
-                    check=check,
-                    slots=(slot,),
-                    producers=(spec.name,),
-                    optional=port.optional,
-                )
+                PortCheck(port.name, check, slot, spec.name, port.optional)
             )
     return StepInfo(
         node=spec.name,

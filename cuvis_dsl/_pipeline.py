@@ -278,14 +278,24 @@ def _feed_text(feed: Any, plan: Plan) -> str:
     return f"default {feed.port.default!r} (not in the batch)"
 
 
+_DEFAULT_CONTEXTS: dict[object, Context] = {}
+
+
 def _context(context: Context | None, stage: ExecutionStage | str | None) -> Context:
     if context is None:
+        try:
+            cached = _DEFAULT_CONTEXTS.get(stage)
+        except TypeError:
+            cached = None
+        if cached is not None:
+            return cached
         if stage is None:
             raise ValueError(
                 "forward needs the stage of the run: pass stage='train' (or "
                 "'val', 'test', 'inference') or context=Context(stage=...)"
             )
-        return Context(stage=stage)
+        # Contexts are immutable, so one default per stage can be shared.
+        return _DEFAULT_CONTEXTS.setdefault(stage, Context(stage=stage))
     if not isinstance(context, Context):
         raise TypeError(f"context must be a Context, got {type(context).__name__}")
     if stage is not None and as_stage(stage) is not context.stage:

@@ -321,28 +321,24 @@ def _build_check(annotation: Any, spec: PortSpec) -> Check | None:
             if actual[index] != size:
                 raise fail(f"dim {index} must be {size}: got {summarize(value)}")
         for index, name in symbolic:
-            _bind(bindings, name, actual[index], port, value, fail)
+            bound = bindings.get(name)
+            if bound is None:
+                bindings[name] = (actual[index], port)
+            elif bound[0] != actual[index]:
+                raise _conflict(name, bound, actual[index], port, value)
 
     return check
 
 
-def _bind(
-    bindings: Bindings,
-    name: str,
-    size: int,
-    port: str,
-    value: Any,
-    fail: Callable[[str], SpecViolation],
-) -> None:
-    bound = bindings.get(name)
-    if bound is None:
-        bindings[name] = (size, port)
-    elif bound[0] != size:
-        raise fail(
-            f"symbolic dim {name} conflicts: {name}={bound[0]} from "
-            f"{bound[1]!r} but {name}={size} from {port!r} "
-            f"(got {summarize(value)})"
-        )
+def _conflict(
+    name: str, bound: tuple[int, str], size: int, port: str, value: Any
+) -> SpecViolation:
+    return SpecViolation(
+        f"symbolic dim {name} conflicts: {name}={bound[0]} from "
+        f"{bound[1]!r} but {name}={size} from {port!r} "
+        f"(got {summarize(value)})",
+        "",
+    )
 
 
 def incompatibility(out: Port, into: Port) -> str | None:

@@ -325,19 +325,18 @@ def _build_check(annotation: Any, spec: PortSpec) -> Check | None:
             if bound is None:
                 bindings[name] = (actual[index], port)
             elif bound[0] != actual[index]:
-                raise _conflict(name, bound, actual[index], port, value)
+                raise fail(_conflict(name, bound, actual[index], port, value))
 
     return check
 
 
 def _conflict(
     name: str, bound: tuple[int, str], size: int, port: str, value: Any
-) -> SpecViolation:
-    return SpecViolation(
+) -> str:
+    return (
         f"symbolic dim {name} conflicts: {name}={bound[0]} from "
         f"{bound[1]!r} but {name}={size} from {port!r} "
-        f"(got {summarize(value)})",
-        "",
+        f"(got {summarize(value)})"
     )
 
 

@@ -16,6 +16,15 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: int) -> N
         )
 
 
+def _world(instance: Context, attribute: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"Context.world_size must be a positive int, got {value!r}")
+    if instance.rank >= value:
+        raise ValueError(
+            f"Context.rank must be below world_size={value}, got {instance.rank}"
+        )
+
+
 @attrs.frozen
 class Context:
     """Where a run stands: its stage and the trainer's counters.
@@ -56,7 +65,7 @@ class Context:
     batch_idx: int = attrs.field(default=0, validator=_non_negative)
     global_step: int = attrs.field(default=0, validator=_non_negative)
     rank: int = attrs.field(default=0, validator=_non_negative, kw_only=True)
-    world_size: int = attrs.field(default=1, validator=_non_negative, kw_only=True)
+    world_size: int = attrs.field(default=1, validator=_world, kw_only=True)
 
     def replace(self, **changes: object) -> Context:
         """Return a copy with some fields changed."""

@@ -49,7 +49,7 @@ class StepInfo:
 
     node: str
     location: str
-    inputs: tuple[tuple[str, tuple[int, ...]], ...]
+    inputs: tuple[tuple[str, Any], ...]
     input_checks: tuple[PortCheck, ...]
     output_checks: tuple[PortCheck, ...]
 
@@ -129,11 +129,12 @@ class Program:
         shown = ", ".join(
             f"{port}={_summary(vals, slots)}" for port, slots in info.inputs
         )
-        exc.add_note(
+        add_note(
+            exc,
             f"while running node {info.node!r} ({info.location}) in stage "
             f"{context.stage.name}, epoch={context.epoch}, "
             f"batch_idx={context.batch_idx}\n"
-            f"with inputs: {shown or '(none)'}"
+            f"with inputs: {shown or '(none)'}",
         )
 
     def _collect(self, vals: list[Any], extras: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +146,14 @@ class Program:
                 if self.extras is None or key in self.extras:
                     out.setdefault(key, value)
         return out
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note`` where it exists (3.11+), the same attribute otherwise."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
 
 
 def _summary(vals: list[Any], slots: tuple[int, ...] | int | None) -> str:
@@ -396,8 +405,8 @@ def _shape_error(node: str, names: tuple[str, ...], what: str) -> TypeError:
 def _info(
     spec: NodeSpec, feeds: tuple[Feed, ...], sources: list[Any], slots: _Slots
 ) -> StepInfo:
-    inputs = []
-    checks = []
+    inputs: list[tuple[str, Any]] = []
+    checks: list[PortCheck] = []
     for feed, source in zip(feeds, sources):
         port = feed.port
         inputs.append((port.name, None if source is _MISSING else source))

@@ -356,7 +356,7 @@ def _declare(obj: Any, role: str, **options: Any) -> Any:
 
 
 def _declare_one(
-    obj: Any, *, role: str, localns: dict[str, Any], **options: Any
+    obj: Any, *, role: str, localns: dict[str, Any] | None, **options: Any
 ) -> Any:
     if isinstance(obj, FunctionNode):
         if role != "node":

@@ -36,7 +36,7 @@ def _to_shape(value: object) -> tuple[Dim, ...] | None:
     return tuple(value)
 
 
-def _check_shape(instance: object, attribute: object, shape: object) -> None:
+def _check_shape(instance: Any, attribute: Any, shape: Any) -> None:
     if shape is None:
         return
     for dim in shape:  # type: ignore[attr-defined]
@@ -50,7 +50,7 @@ def _check_shape(instance: object, attribute: object, shape: object) -> None:
             raise ValueError(f"PortSpec.shape: symbolic dim {dim!r} is not a name")
 
 
-def _check_dtype(instance: object, attribute: object, dtype: object) -> None:
+def _check_dtype(instance: Any, attribute: Any, dtype: Any) -> None:
     if dtype is None or isinstance(dtype, (torch.dtype, type)):
         return
     raise TypeError(

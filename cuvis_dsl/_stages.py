@@ -164,7 +164,7 @@ def as_stages(value: StagesLike) -> StageSet:
     return value if isinstance(value, StageSet) else StageSet(value)
 
 
-def as_stage(value: ExecutionStage | str) -> ExecutionStage:
+def as_stage(value: ExecutionStage | StageSet | str) -> ExecutionStage:
     """Normalise one concrete stage, rejecting ALWAYS and combinations."""
     if isinstance(value, StageSet):
         if len(value) == 1:

@@ -46,7 +46,10 @@ class FunctionNode:
     ) -> None:
         self.func = func
         self.name = _node_name(func, name)
-        self.stages = as_stages(stages) if stages is not None else _ROLE_STAGES[role]
+        # Only explicit stages survive a change of role: loss(existing_node)
+        # takes the loss defaults unless the node declared its own stages.
+        self._stages = as_stages(stages) if stages is not None else None
+        self.stages = self._stages if self._stages is not None else _ROLE_STAGES[role]
         self.role = role
         self._outputs = outputs
         self._inputs = dict(inputs) if inputs else None
@@ -114,7 +117,7 @@ class FunctionNode:
     def _declaration(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "stages": self.stages,
+            "stages": self._stages,
             "outputs": self._outputs,
             "inputs": self._inputs,
             "role": self.role,

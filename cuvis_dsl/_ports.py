@@ -182,7 +182,7 @@ class Port:
             text = f"*{text}"
         if self.has_default:
             text += f" = {self.default!r}"
-        elif self.spec.optional:
+        elif self.spec.optional and not self.spec.variadic:
             text += " = None"
         return text
 

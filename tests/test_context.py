@@ -81,6 +81,5 @@ def test_repr_shows_distributed_fields_only_when_set():
         "Context(stage=VAL, epoch=2, batch_idx=1, global_step=7)"
     )
     assert repr(Context(stage="test", rank=1, world_size=4)) == (
-        "Context(stage=TEST, epoch=0, batch_idx=0, global_step=0, "
-        "rank=1, world_size=4)"
+        "Context(stage=TEST, epoch=0, batch_idx=0, global_step=0, rank=1, world_size=4)"
     )

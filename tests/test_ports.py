@@ -103,7 +103,11 @@ def test_summarize_names_the_type_of_other_objects():
 @pytest.mark.parametrize(
     ("annotation", "spec", "expected"),
     [
-        (torch.Tensor, PortSpec(dtype=F32, shape=(-1, "C")), "Tensor[float32, (-1, C)]"),
+        (
+            torch.Tensor,
+            PortSpec(dtype=F32, shape=(-1, "C")),
+            "Tensor[float32, (-1, C)]",
+        ),
         (torch.Tensor, PortSpec(), "Tensor"),
         (int, PortSpec(dtype=int), "int"),
         (Any, PortSpec(), "Any"),

@@ -35,13 +35,13 @@ def test_context_rejects_stages_that_are_not_one_concrete_stage(stage, fragment)
 @pytest.mark.parametrize("field", ["epoch", "batch_idx", "global_step", "rank"])
 @pytest.mark.parametrize("bad", [-1, True, 1.0, "1"])
 def test_counters_must_be_non_negative_ints(field, bad):
-    with pytest.raises(ValueError, match=f"Context.{field} must be a non-negative"):
+    with pytest.raises(ValueError, match=rf"Context\.{field} must be a non-negative"):
         Context(stage="train", **{field: bad})
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.0])
 def test_world_size_must_be_a_positive_int(bad):
-    with pytest.raises(ValueError, match="Context.world_size must be a positive"):
+    with pytest.raises(ValueError, match=r"Context\.world_size must be a positive"):
         Context(stage="train", world_size=bad)
 
 

@@ -333,16 +333,16 @@ def test_unannotated_parameters_are_ports_of_any_type():
 
 def test_default_or_optional_marks_a_port_optional():
     @node
-    def f(a: Tensor, b: Tensor = None, c: Optional[Tensor] = None, d: int = 0):
+    def f(a: Tensor, b: Tensor = None, c: Optional[Tensor] = None, d: int = 0):  # noqa: UP045
         return a
 
     assert [p.optional for p in f.spec.inputs] == [False, True, True, True]
-    assert not f.spec.input("c").has_default is False
+    assert f.spec.input("c").has_default
 
 
 def test_optional_without_default_is_optional_and_receives_none():
     @node
-    def f(a: int, b: Optional[int]) -> tuple:
+    def f(a: int, b: Optional[int]) -> tuple:  # noqa: UP045
         return a, b
 
     assert f.spec.input("b").optional
@@ -524,7 +524,7 @@ def test_context_is_passed_in_any_parameter_position(position):
 
     else:
 
-        def body(x, ctx: Optional[Context] = None):
+        def body(x, ctx: Context | None = None):
             return ctx.epoch, x
 
     f = node(body, name="f")
@@ -577,7 +577,7 @@ def test_unresolvable_annotation_names_node_parameter_and_name():
     with pytest.raises(DefinitionError, match="names 'Tensr', which is not defined"):
         Pipeline([f])
     with pytest.raises(DefinitionError) as info:
-        f.spec
+        _ = f.spec
     assert (info.value.node, info.value.port) == ("f", "x")
 
 

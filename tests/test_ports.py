@@ -1,5 +1,7 @@
 """PortSpec values, run-time port checks and producer/consumer compatibility."""
 
+# ruff: noqa: UP007, UP045  (the typing.Optional and Union spellings are under test)
+
 from typing import Any, Optional, Union
 
 import pytest

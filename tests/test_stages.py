@@ -50,14 +50,14 @@ def test_or_of_members_gives_a_stage_set():
 
 
 def test_or_accepts_strings_on_either_side():
-    assert TRAIN | "val" == {TRAIN, VAL}
-    assert "val" | TRAIN == {TRAIN, VAL}
+    assert {TRAIN, VAL} == TRAIN | "val"
+    assert {TRAIN, VAL} == "val" | TRAIN
 
 
 def test_always_expands_to_the_four_concrete_stages():
     assert StageSet(ALWAYS) == {TRAIN, VAL, TEST, INFERENCE}
     assert StageSet("always") == StageSet("train|val|test|inference")
-    assert TRAIN | ALWAYS == StageSet(ALWAYS)
+    assert StageSet(ALWAYS) == TRAIN | ALWAYS
 
 
 def test_always_is_in_a_set_only_when_the_set_is_complete():

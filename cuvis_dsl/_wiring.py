@@ -84,7 +84,8 @@ class Wiring:
         return result
 
     def _wire(self, stage: ExecutionStage) -> StageWiring:
-        active = tuple(n for n, s in self.specs.items() if stage in s.stages)
+        # Sorted, so that reports and plans do not follow the node-list order.
+        active = tuple(sorted(n for n, s in self.specs.items() if stage in s.stages))
         running = set(active)
         values: dict[str, tuple[Source, ...]] = {}
         base: dict[str, tuple[Source, ...]] = {}
@@ -207,7 +208,7 @@ class Wiring:
     ) -> Problem:
         names = [p for p, _ in producers]
         origins = ", ".join(
-            f"{self.specs[p].origin} ({self.specs[p].location})" for p in names
+            f"{p!r} = {self.specs[p].origin} ({self.specs[p].location})" for p in names
         )
         return Problem(
             kind="duplicate",

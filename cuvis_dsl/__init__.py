@@ -1,5 +1,6 @@
 """Stage-aware PyTorch pipelines written as plain decorated functions."""
 
+from ._classform import LossNode, MetricNode, Node
 from ._context import Context
 from ._errors import (
     CuvisDSLWarning,
@@ -18,6 +19,7 @@ from ._plan import Plan
 from ._ports import Port, PortSpec
 from ._spec import NodeSpec
 from ._stages import ExecutionStage, StageSet
+from ._state import NotInitializedError
 
 __all__ = [
     "Context",
@@ -27,9 +29,13 @@ __all__ = [
     "DuplicateOutputError",
     "ExecutionStage",
     "FunctionNode",
+    "LossNode",
     "Metric",
+    "MetricNode",
     "MissingInputError",
+    "Node",
     "NodeSpec",
+    "NotInitializedError",
     "Pipeline",
     "Plan",
     "Port",

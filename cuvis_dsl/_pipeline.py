@@ -13,6 +13,7 @@ from ._node import call_target_of, spec_of
 from ._plan import Plan, make_plan
 from ._spec import NodeSpec
 from ._stages import ExecutionStage, as_stage
+from ._state import load_pre_hook
 from ._wiring import Wiring
 
 __all__ = ["Pipeline"]
@@ -67,6 +68,7 @@ class Pipeline(torch.nn.Module):
             name: call_target_of(item) for name, item in self._items.items()
         }
         self._register_modules()
+        self.register_load_state_dict_pre_hook(load_pre_hook)
         self._wiring.check()
         self._plans: dict[PlanKey, Plan] = {}
         self.checks = checks

@@ -7,6 +7,9 @@ uninitialised pipeline, in the class form and in the decorator form, with
 the statistics registered as ``None`` or as empty placeholders.
 """
 
+# cuvis.ai-style INPUT_SPECS / OUTPUT_SPECS are class-level dicts.
+# ruff: noqa: RUF012
+
 from __future__ import annotations
 
 import pytest
@@ -26,7 +29,9 @@ def placeholder(kind: str, dims: int) -> Tensor | None:
 
 def channel_moments(stream) -> tuple[Tensor, Tensor]:
     """Mean and covariance of the channels over every batch of the stream."""
-    rows = torch.cat([item["cube"].reshape(-1, item["cube"].shape[-1]) for item in stream])
+    rows = torch.cat(
+        [item["cube"].reshape(-1, item["cube"].shape[-1]) for item in stream]
+    )
     return rows.mean(dim=0), torch.cov(rows.T)
 
 
@@ -79,7 +84,9 @@ def build(form: str, kind: str) -> Pipeline:
 
 def initialise(pipe: Pipeline, channels: int = CHANNELS, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
-    stream = [{"cube": torch.randn(4, 5, channels, generator=generator)} for _ in range(3)]
+    stream = [
+        {"cube": torch.randn(4, 5, channels, generator=generator)} for _ in range(3)
+    ]
     pipe["channel_stats"].statistical_initialization(stream)
 
 

@@ -181,6 +181,13 @@ def test_batch_key_that_a_node_produces_is_an_error_not_an_override():
     assert "read 'x' and produce no other 'x'" in str(info.value)
 
 
+def test_produced_name_is_not_read_from_the_batch_even_where_its_producer_skips():
+    noise = const("noise", 1, stages="train")
+    score = node(lambda noise=0: noise, name="score")
+    with pytest.raises(WiringError, match="batch key 'noise' is also an output"):
+        Pipeline([noise, score]).forward(batch={"noise": 5}, stage="val")
+
+
 def test_batch_key_of_a_rebound_name_feeds_the_rebinder():
     pipe = Pipeline([rebinder(), passthrough("f", "x", "f")])
     assert pipe.forward(batch={"x": 3}, stage="train")["f"] == 30

@@ -1,5 +1,6 @@
 """Stage-aware PyTorch pipelines written as plain decorated functions."""
 
+from ._callbacks import BestCheckpoint, Callback, EarlyStopping
 from ._classform import LossNode, MetricNode, Node
 from ._context import Context
 from ._errors import (
@@ -12,6 +13,7 @@ from ._errors import (
     SpecMismatchError,
     WiringError,
 )
+from ._history import History
 from ._metric import Metric
 from ._node import FunctionNode, loss, metric, node
 from ._pipeline import Pipeline
@@ -20,20 +22,28 @@ from ._ports import Port, PortSpec
 from ._spec import NodeSpec
 from ._stages import ExecutionStage, StageSet
 from ._state import NotInitializedError
+from ._statistical import InputStream
+from ._trainer import NonFiniteLossError, Trainer
 
 __all__ = [
+    "BestCheckpoint",
+    "Callback",
     "Context",
     "CuvisDSLWarning",
     "CycleError",
     "DefinitionError",
     "DuplicateOutputError",
+    "EarlyStopping",
     "ExecutionStage",
     "FunctionNode",
+    "History",
+    "InputStream",
     "LossNode",
     "Metric",
     "MetricNode",
     "MissingInputError",
     "Node",
+    "NonFiniteLossError",
     "NodeSpec",
     "NotInitializedError",
     "Pipeline",
@@ -43,6 +53,7 @@ __all__ = [
     "PortValidationError",
     "SpecMismatchError",
     "StageSet",
+    "Trainer",
     "WiringError",
     "loss",
     "metric",

@@ -1,0 +1,213 @@
+"""Phase one of training: statistical initialisation of module nodes.
+
+A *statistical node* is a module node with a ``statistical_initialization
+(self, stream)`` method (and no ``requires_initial_fit`` that is False).
+Each is fed a stream with one item per batch: a dict of its input port
+names to the values the pipeline would pass it in the statistical stage,
+computed by its upstream nodes, which are initialised first.
+
+The inputs are captured rather than re-derived: the pipeline is asked for
+the node's outputs, and a forward pre-hook on the node records the
+arguments the pipeline calls it with, then stops the run before the node's
+own ``forward``. So the stream follows the wiring, stage gating, rebinding
+and defaults exactly as a real run would.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from ._context import Context
+from ._errors import quoted
+from ._stages import ExecutionStage
+from ._state import is_initialized, mark_initialized
+from ._state import is_statistical as defines_statistics
+
+__all__ = [
+    "Batches",
+    "InputStream",
+    "is_initialized",
+    "is_statistical",
+    "mark_initialized",
+    "statistical_nodes",
+]
+
+
+def is_statistical(item: object) -> bool:
+    """Whether ``item`` takes part in statistical initialisation.
+
+    It must be a module with a ``statistical_initialization`` method whose
+    ``requires_initial_fit`` (cuvis.ai's switch), if present, is not False.
+    """
+    if not isinstance(item, torch.nn.Module) or not defines_statistics(item):
+        return False
+    return bool(getattr(item, "requires_initial_fit", True))
+
+
+def statistical_nodes(pipeline: Any, stage: ExecutionStage) -> list[str]:
+    """Names of the statistical nodes, upstream ones first.
+
+    Raises when one of them does not run in ``stage``: its stream could
+    not be computed there.
+    """
+    names = [name for name, item in pipeline.nodes.items() if is_statistical(item)]
+    outside = [name for name in names if stage not in pipeline.specs[name].stages]
+    if outside:
+        first = outside[0]
+        raise ValueError(
+            f"statistical node(s) {quoted(outside)} do not run in "
+            f"{stage.name}, the stage the statistical initialisation stream "
+            f"runs in (stages of {first!r}: {pipeline.specs[first].stages}).\n"
+            f"  Fix: Trainer(..., statistical_stage=...) with a stage they run "
+            f"in, or add {stage.name} to their stages"
+        )
+    order = pipeline.plan(stage).nodes
+    return sorted(names, key=order.index)
+
+
+class Batches:
+    """An iterable of batches that can say when it is empty or used up.
+
+    Lists, DataLoaders and other re-iterable sources can be iterated many
+    times. A one-shot iterator (a generator) can be iterated once; a second
+    pass raises instead of silently yielding nothing.
+    """
+
+    def __init__(self, source: Iterable[Any], role: str) -> None:
+        if isinstance(source, Mapping) or not isinstance(source, Iterable):
+            raise TypeError(
+                f"the {role} batches must be an iterable of dicts (a list, a "
+                f"DataLoader, a generator), got {type(source).__name__}.\n"
+                f"  Fix: wrap a single batch in a list: [batch]"
+            )
+        self.role = role
+        self._source = source
+        self._one_shot = iter(source) is source
+        self._used = False
+        self._peeked: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._source)  # type: ignore[arg-type]
+
+    def known_length(self) -> int | None:
+        try:
+            return len(self._source)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def is_empty(self) -> bool:
+        """Whether there is no batch, looking ahead when the length is unknown."""
+        length = self.known_length()
+        if length is not None:
+            return length == 0
+        if not self._one_shot:
+            return next(iter(self._source), _END) is _END
+        if not self._peeked:
+            self._peeked = list(itertools.islice(self._source, 1))
+        return not self._peeked
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._one_shot:
+            return iter(self._source)
+        if self._used:
+            raise TypeError(
+                f"the {self.role} batches are a one-shot iterator (such as a "
+                f"generator) and were already used up; they are needed again "
+                f"here.\n  Fix: pass a list or a DataLoader, which can be "
+                f"iterated once per epoch and per statistical node"
+            )
+        self._used = True
+        peeked, self._peeked = self._peeked, []
+        return itertools.chain(peeked, self._source)
+
+
+_END = object()
+
+
+class _Captured(BaseException):
+    """Stops a pipeline run once the target node's inputs are recorded.
+
+    A BaseException, so that a node's own ``except Exception`` around a
+    call cannot swallow it.
+    """
+
+    def __init__(self, inputs: dict[str, Any]) -> None:
+        super().__init__()
+        self.inputs = inputs
+
+
+class InputStream:
+    """The stream handed to ``statistical_initialization``: one dict per batch.
+
+    Each item maps the node's input port names to values computed by its
+    upstream nodes in the statistical stage. Iterating again recomputes the
+    items from the batches (so a node may make several passes, when the
+    batches can be iterated several times). ``len(stream)`` is the number
+    of batches when the source knows it.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        name: str,
+        batches: Batches,
+        stage: ExecutionStage,
+        prepare: Callable[[Any], Any],
+        global_step: int = 0,
+        wrap: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    ) -> None:
+        self.node = name
+        self._pipeline = pipeline
+        self._module = pipeline.nodes[name]
+        self._spec = pipeline.specs[name]
+        self._batches = batches
+        self._stage = stage
+        self._prepare = prepare
+        self._global_step = global_step
+        self._wrap = wrap
+        self._signature = inspect.signature(self._module.forward)
+        self._request = self._spec.output_names or self._spec.undeclared or None
+        self.batches_seen = 0
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches = self._batches if self._wrap is None else self._wrap(self._batches)
+        for batch_idx, batch in enumerate(batches):
+            context = Context(
+                stage=self._stage, batch_idx=batch_idx, global_step=self._global_step
+            )
+            self.batches_seen += 1
+            yield self._capture(self._prepare(batch), context)
+
+    def _capture(self, batch: Mapping[str, Any], context: Context) -> dict[str, Any]:
+        handle = self._module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        try:
+            self._pipeline.forward(batch=batch, context=context, outputs=self._request)
+        except _Captured as captured:
+            return captured.inputs
+        finally:
+            handle.remove()
+        raise RuntimeError(
+            f"the pipeline ran without calling statistical node {self.node!r} "
+            f"as a module, so its inputs could not be captured.\n"
+            f"  Fix: make sure the pipeline calls the node itself (its "
+            f"__call__), not a wrapper around its forward"
+        )
+
+    def _hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        inputs = {}
+        for name, parameter in self._signature.parameters.items():
+            if name == self._spec.context or parameter.kind is parameter.VAR_KEYWORD:
+                continue
+            if name in bound.arguments:
+                inputs[name] = bound.arguments[name]
+        raise _Captured(inputs)

@@ -1,0 +1,905 @@
+"""The two-phase trainer: statistical initialisation, then gradient training."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ._aggregate import BatchSize, EpochAggregate, batch_size_of, is_stateful_metric
+from ._callbacks import Callback
+from ._checkpoint import capture_rng, read_checkpoint, restore_rng, write_checkpoint
+from ._collect import Collector, LossTerm
+from ._context import Context
+from ._errors import CuvisDSLWarning, quoted
+from ._history import History
+from ._stages import ExecutionStage, as_stage
+from ._statistical import (
+    Batches,
+    InputStream,
+    is_initialized,
+    is_statistical,
+    mark_initialized,
+    statistical_nodes,
+)
+
+__all__ = ["NonFiniteLossError", "Trainer", "preserved_modes"]
+
+logger = logging.getLogger("cuvis_dsl.trainer")
+
+TRAIN, VAL, TEST, INFERENCE = (
+    ExecutionStage.TRAIN,
+    ExecutionStage.VAL,
+    ExecutionStage.TEST,
+    ExecutionStage.INFERENCE,
+)
+OptimizerLike = torch.optim.Optimizer | Callable[[list[torch.nn.Parameter]], Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A TRAIN loss was NaN or infinite; training stopped before the step.
+
+    Attributes
+    ----------
+    node, output
+        The loss node and its output that was not finite.
+    stage, epoch, global_step
+        Where training stood.
+    value
+        The offending value.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        output: str,
+        epoch: int,
+        global_step: int,
+        value: float,
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.output = output
+        self.stage = TRAIN
+        self.epoch = epoch
+        self.global_step = global_step
+        self.value = value
+
+
+@contextlib.contextmanager
+def preserved_modes(module: torch.nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval mode and the grad mode on exit.
+
+    The modes are restored exactly, module by module, also when the block
+    raises.
+    """
+    modes = [(child, child.training) for child in module.modules()]
+    grad = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        for child, training in modes:
+            child.training = training
+        torch.set_grad_enabled(grad)
+
+
+class Trainer:
+    """Trains a pipeline in two phases, as cuvis.ai does.
+
+    Phase one, `statistical_initialization`, fits every statistical node
+    (a module node with a ``statistical_initialization(self, stream)``
+    method) from the training batches, upstream nodes first. Phase two,
+    `fit`, trains the parameters that require grad with the optimiser:
+    every TRAIN batch runs in train mode with autograd, the loss outputs
+    (of loss-role nodes) are summed with ``loss_weights`` and
+    back-propagated, and after every ``validate_every`` epochs the VAL
+    batches run in eval mode under ``torch.no_grad()``.
+
+    Losses and metrics are averaged over the *samples* of an epoch. The
+    number of samples in a batch is the leading dimension its tensors
+    share (see ``batch_size``); a `Metric` with a ``weight`` counts that
+    many. Stateful metrics (objects with ``update``, ``compute`` and
+    ``reset``, such as torchmetrics metrics) returned by a metric node are
+    computed once over the whole epoch and reset.
+
+    Whenever a trainer call returns or raises, every module's train/eval
+    mode and the grad mode are those from before the call.
+
+    Parameters
+    ----------
+    pipeline
+        The `Pipeline` to train.
+    optimizer
+        A ``torch.optim.Optimizer`` over the pipeline's parameters, or a
+        callable ``params -> Optimizer``, called with the parameters that
+        require grad after statistical initialisation (which may create or
+        unfreeze some). None is fine when nothing requires grad.
+    max_epochs
+        Number of epochs `fit` trains for, counted from epoch 0 (a resumed
+        run continues up to the same total).
+    loss_weights
+        Weight per loss output name (or loss node name); 1 by default.
+    statistical_stage
+        Stage whose wiring computes the statistical initialisation stream
+        (TRAIN by default, so TRAIN-only nodes such as augmentations feed
+        the statistics as they feed training; cuvis.ai uses INFERENCE).
+    check_finite
+        Stop with `NonFiniteLossError` when a TRAIN loss is NaN or
+        infinite, before the optimiser step.
+    progress
+        Show tqdm progress bars.
+    validate_every
+        Validate after every n-th epoch.
+    callbacks
+        `Callback` objects such as `EarlyStopping` and `BestCheckpoint`.
+    checkpoint_dir
+        When set, ``<checkpoint_dir>/last.pt`` is written after every epoch.
+    device
+        Device to move the pipeline and every batch's tensors to.
+    batch_size
+        How to count the samples of a batch: None for the leading dimension
+        shared by the batch's tensors, a batch key, or a callable.
+
+    Examples
+    --------
+    >>> from torch import Tensor, nn
+    >>> @node(outputs="scores")
+    ... class Scale(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.weight = nn.Parameter(torch.tensor(0.0))
+    ...     def forward(self, x: Tensor) -> Tensor:
+    ...         return self.weight * x
+    >>> @loss
+    ... def mse(scores: Tensor, y: Tensor) -> Tensor:
+    ...     return ((scores - y) ** 2).mean()
+    >>> pipe = Pipeline([Scale(), mse])
+    >>> batches = [{"x": torch.ones(4), "y": torch.full((4,), 2.0)}] * 3
+    >>> trainer = Trainer(pipe, lambda p: torch.optim.SGD(p, lr=0.25),
+    ...                   max_epochs=2, progress=False)
+    >>> history = trainer.fit(batches, val=batches)
+    >>> print(history)
+    epoch  train/loss  train/mse  val/loss  val/mse
+        0      1.7500     1.7500    0.0625   0.0625
+        1      0.0273     0.0273    0.0010   0.0010
+    >>> trainer.global_step
+    6
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        optimizer: OptimizerLike | None = None,
+        *,
+        max_epochs: int = 1,
+        loss_weights: Mapping[str, float] | None = None,
+        statistical_stage: ExecutionStage | str = TRAIN,
+        check_finite: bool = True,
+        progress: bool = True,
+        validate_every: int = 1,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        device: torch.device | str | None = None,
+        batch_size: BatchSize = None,
+    ) -> None:
+        _check_count("max_epochs", max_epochs, minimum=0)
+        _check_count("validate_every", validate_every, minimum=1)
+        if not (optimizer is None or callable(optimizer) or _is_optimizer(optimizer)):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or a callable "
+                f"params -> Optimizer, got {type(optimizer).__name__}.\n"
+                f"  Fix: optimizer=lambda params: torch.optim.Adam(params, lr=1e-3)"
+            )
+        self.pipeline = pipeline
+        self.collector = Collector(pipeline.specs, loss_weights or {})
+        self.max_epochs = max_epochs
+        self.statistical_stage = as_stage(statistical_stage)
+        self.check_finite = check_finite
+        self.progress = progress
+        self.validate_every = validate_every
+        self.callbacks = list(callbacks)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.device = None if device is None else torch.device(device)
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.global_step = 0
+        self.history = History()
+        self.should_stop = False
+        self._optimizer_source = optimizer
+        self._optimizer = optimizer if _is_optimizer(optimizer) else None
+        self._next_batch = 0
+        self._epoch_rng: dict[str, Any] | None = None
+        self._train_aggregate: EpochAggregate | None = None
+        self._resume_point: dict[str, Any] | None = None
+        self._stateful = _discover_stateful(pipeline, self.collector.metric_nodes)
+        if self.device is not None:
+            pipeline.to(self.device)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimiser; built by `fit` when a callable was given."""
+        return self._optimizer
+
+    def __repr__(self) -> str:
+        return (
+            f"Trainer(epoch={self.epoch}/{self.max_epochs}, "
+            f"global_step={self.global_step}, optimizer="
+            f"{type(self._optimizer).__name__ if self._optimizer else None})"
+        )
+
+    # Phase one
+
+    def statistical_initialization(self, train_batches: Iterable[Any]) -> list[str]:
+        """Fit every statistical node from ``train_batches``; return their names.
+
+        Nodes are fitted upstream first, each from a stream computed by its
+        (already fitted) upstream nodes in eval mode without gradients, in
+        the trainer's ``statistical_stage``. Every statistical node is
+        fitted again, also one that is already initialised.
+
+        Examples
+        --------
+        >>> from torch import Tensor, nn
+        >>> @node(outputs="x")
+        ... class Center(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.register_buffer("mean", torch.zeros(()))
+        ...     def statistical_initialization(self, stream):
+        ...         values = torch.cat([item["x"] for item in stream])
+        ...         self.mean = values.mean()
+        ...     def forward(self, x: Tensor) -> Tensor:
+        ...         return x - self.mean
+        >>> center = Center()
+        >>> trainer = Trainer(Pipeline([center]), progress=False)
+        >>> trainer.statistical_initialization([{"x": torch.tensor([1.0, 3.0])}])
+        ['center']
+        >>> center.mean
+        tensor(2.)
+        """
+        names = statistical_nodes(self.pipeline, self.statistical_stage)
+        self._initialize(names, Batches(train_batches, "train"))
+        return names
+
+    def _initialize(self, names: list[str], batches: Batches) -> None:
+        if not names:
+            return
+        with preserved_modes(self.pipeline), torch.no_grad():
+            self.pipeline.eval()
+            for name in names:
+                self._initialize_one(name, batches)
+
+    def _initialize_one(self, name: str, batches: Batches) -> None:
+        if batches.is_empty():
+            raise ValueError(
+                f"statistical node {name!r} received zero samples: the train "
+                f"batches are empty, so statistical initialisation cannot fit "
+                f"it (it stays uninitialised).\n  Fix: pass non-empty training "
+                f"data (with drop_last=True, at least one full batch)"
+            )
+        stream = InputStream(
+            self.pipeline,
+            name,
+            batches,
+            self.statistical_stage,
+            self._prepare,
+            self.global_step,
+            wrap=lambda source: self._bar(source, f"statistics {name}"),
+        )
+        logger.info("statistical initialisation of node %r", name)
+        module = self.pipeline.nodes[name]
+        module.statistical_initialization(stream)
+        if stream.batches_seen == 0:
+            raise ValueError(
+                f"statistical node {name!r} did not read its stream: its "
+                f"statistical_initialization returned without iterating it.\n"
+                f"  Fix: iterate the stream argument (for item in stream: ...)"
+            )
+        mark_initialized(module)
+
+    def _pending(self) -> list[str]:
+        names = statistical_nodes(self.pipeline, self.statistical_stage)
+        return [name for name in names if not is_initialized(self.pipeline.nodes[name])]
+
+    # Phase two
+
+    def fit(
+        self,
+        train: Iterable[Any],
+        val: Iterable[Any] | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
+    ) -> History:
+        """Train for ``max_epochs`` epochs and return the `History`.
+
+        Statistical nodes that are not initialised yet are fitted from
+        ``train`` first (phase one); then each epoch trains on ``train``
+        and, every ``validate_every`` epochs, evaluates ``val``. The
+        pipeline's outputs in TRAIN must include at least one loss when an
+        optimiser is set.
+
+        Parameters
+        ----------
+        train
+            Training batches: an iterable of dicts, such as a list or a
+            DataLoader (iterated once per epoch).
+        val
+            Validation batches, or None to skip validation.
+        resume_from
+            A checkpoint to continue from: the pipeline, optimiser,
+            counters, history, callbacks and random states are restored, and
+            training continues where it stopped (at the next batch of a
+            checkpoint taken mid-epoch), up to ``max_epochs``.
+        """
+        batches = Batches(train, "train")
+        val_batches = None if val is None else Batches(val, "val")
+        with preserved_modes(self.pipeline):
+            checkpoint = None if resume_from is None else read_checkpoint(resume_from)
+            if checkpoint is not None:
+                self._load(checkpoint, resume_from)
+            if self.epoch >= self.max_epochs:
+                _warn_nothing_to_do(self.epoch, self.max_epochs)
+                return self.history
+            self._reject_empty(batches)
+            self._initialize(self._pending(), batches)
+            self._build_optimizer(checkpoint)
+            if checkpoint is not None:
+                self._resume(checkpoint)
+            self._fit_epochs(batches, val_batches)
+        return self.history
+
+    def _fit_epochs(self, batches: Batches, val: Batches | None) -> None:
+        self.should_stop = False
+        logger.info(
+            "fit: epochs %d to %d, global step %d",
+            self.epoch,
+            self.max_epochs - 1,
+            self.global_step,
+        )
+        self._call("on_fit_start")
+        while self.epoch < self.max_epochs and not self.should_stop:
+            self._run_epoch(batches, val)
+        self._call("on_fit_end")
+
+    def _run_epoch(self, batches: Batches, val: Batches | None) -> None:
+        epoch = self.epoch
+        values = self._train_epoch(batches)
+        if val is not None and (epoch + 1) % self.validate_every == 0:
+            values.update(self._evaluate(VAL, val, epoch))
+        self.history.add(epoch, values)
+        logger.info("epoch %d: %s", epoch, _format_values(values))
+        self.epoch, self._next_batch = epoch + 1, 0
+        self._train_aggregate = None
+        self._call("on_epoch_end", epoch, dict(values))
+        if self.checkpoint_dir is not None:
+            self.save_checkpoint(self.checkpoint_dir / "last.pt")
+
+    def _train_epoch(self, batches: Batches) -> dict[str, float]:
+        aggregate = EpochAggregate()
+        self._train_aggregate = aggregate
+        iterator, start = self._epoch_iterator(batches, aggregate)
+        self._reset_stateful()
+        self.pipeline.train()
+        count = start
+        with torch.enable_grad():
+            bar = self._bar(iterator, f"epoch {self.epoch} train", batches, start)
+            for batch_idx, batch in enumerate(bar, start):
+                outputs = self._train_batch(batch, batch_idx, aggregate)
+                self._next_batch = batch_idx + 1
+                count += 1
+                self._call("on_train_batch_end", batch_idx, outputs)
+        if count == 0:
+            raise ValueError(
+                f"fit got zero batches in stage TRAIN for epoch {self.epoch}: the "
+                f"train batches are empty (or used up).\n  Fix: pass non-empty "
+                f"training data; with drop_last=True it needs at least one full "
+                f"batch"
+            )
+        return self._finish(aggregate, TRAIN)
+
+    def _epoch_iterator(
+        self, batches: Batches, aggregate: EpochAggregate
+    ) -> tuple[Iterator[Any], int]:
+        resume, self._resume_point = self._resume_point, None
+        if resume is None:
+            self._epoch_rng = capture_rng()
+            return iter(batches), 0
+        restore_rng(resume["epoch_rng"])
+        iterator = iter(batches)
+        start = resume["batch_idx"]
+        skipped = sum(1 for _ in itertools.islice(iterator, start))
+        if skipped < start:
+            raise ValueError(
+                f"the checkpoint was taken after {start} batches of epoch "
+                f"{self.epoch}, but the train batches now hold only {skipped}.\n"
+                f"  Fix: resume with the same training data"
+            )
+        restore_rng(resume["rng"])
+        aggregate.load_state_dict(resume["aggregate"])
+        self._epoch_rng = resume["epoch_rng"]
+        return iterator, start
+
+    def _train_batch(
+        self, batch: Any, batch_idx: int, aggregate: EpochAggregate
+    ) -> dict[str, Any]:
+        context = Context(
+            stage=TRAIN,
+            epoch=self.epoch,
+            batch_idx=batch_idx,
+            global_step=self.global_step,
+        )
+        outputs = self.pipeline.forward(batch=self._prepare(batch), context=context)
+        terms = self.collector.losses(outputs, TRAIN)
+        total = self._total(terms, context)
+        if self._optimizer is not None:
+            self._step(total, terms)
+        size = _LazySize(batch, self.batch_size)
+        self.collector.record(aggregate, TRAIN, outputs, terms, total, size)
+        return outputs
+
+    def _total(self, terms: list[LossTerm], context: Context) -> torch.Tensor | None:
+        used = [term for term in terms if term.weight != 0]
+        if not used:
+            return torch.zeros(()) if terms else None
+        total = torch.stack([term.weight * term.value for term in used]).sum()
+        if self.check_finite and context.stage is TRAIN:
+            self._check_finite(total, used, context)
+        return total
+
+    def _check_finite(
+        self, total: torch.Tensor, terms: list[LossTerm], context: Context
+    ) -> None:
+        if bool(torch.isfinite(total)):
+            return
+        bad = next((t for t in terms if not bool(torch.isfinite(t.value))), terms[0])
+        value = float(bad.value.detach())
+        raise NonFiniteLossError(
+            f"loss {bad.output!r} of node {bad.node!r} is {value} in stage TRAIN, "
+            f"epoch {context.epoch}, batch_idx {context.batch_idx}, global step "
+            f"{context.global_step}; training stopped before the optimiser step.\n"
+            f"  Fix: lower the learning rate, check the node's inputs for NaN, or "
+            f"pass Trainer(..., check_finite=False) to train on regardless",
+            node=bad.node,
+            output=bad.output,
+            epoch=context.epoch,
+            global_step=context.global_step,
+            value=value,
+        )
+
+    def _step(self, total: torch.Tensor | None, terms: list[LossTerm]) -> None:
+        optimizer = self._optimizer
+        assert optimizer is not None
+        if total is None:
+            raise ValueError(
+                f"no loss node produced a value in stage TRAIN, so there is "
+                f"nothing to back-propagate (loss nodes: "
+                f"{quoted(self.collector.loss_nodes) or '(none)'}).\n"
+                f"  Fix: add a @loss node that runs in TRAIN"
+            )
+        if not total.requires_grad:
+            raise ValueError(
+                f"the TRAIN loss (from {quoted(t.node for t in terms)}) does not "
+                f"depend on any parameter that requires grad.\n  Fix: check "
+                f"that the trainable nodes feed the loss, and that no node "
+                f"detaches its output"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        self.global_step += 1
+
+    # Evaluation
+
+    def validate(self, batches: Iterable[Any]) -> dict[str, float]:
+        """Run ``batches`` in stage VAL; return the epoch values by key.
+
+        Runs in eval mode without gradients; the context carries the
+        trainer's ``epoch`` and ``global_step``. Empty batches give ``{}``
+        and a warning.
+        """
+        return self._evaluate_call(VAL, batches)
+
+    def test(self, batches: Iterable[Any]) -> dict[str, float]:
+        """Run ``batches`` in stage TEST; return the epoch values by key."""
+        return self._evaluate_call(TEST, batches)
+
+    def _evaluate_call(
+        self, stage: ExecutionStage, batches: Iterable[Any]
+    ) -> dict[str, float]:
+        source = Batches(batches, stage.value)
+        self._warn_uninitialised(stage)
+        with preserved_modes(self.pipeline):
+            return self._evaluate(stage, source, self.epoch)
+
+    def _evaluate(
+        self, stage: ExecutionStage, batches: Batches, epoch: int
+    ) -> dict[str, float]:
+        aggregate = EpochAggregate()
+        self._reset_stateful()
+        self.pipeline.eval()
+        count = 0
+        with torch.no_grad():
+            for batch_idx, batch in enumerate(self._bar(batches, f"{stage.value}")):
+                context = Context(
+                    stage=stage,
+                    epoch=epoch,
+                    batch_idx=batch_idx,
+                    global_step=self.global_step,
+                )
+                outputs = self.pipeline.forward(
+                    batch=self._prepare(batch), context=context
+                )
+                terms = self.collector.losses(outputs, stage)
+                total = self._total(terms, context)
+                size = _LazySize(batch, self.batch_size)
+                self.collector.record(aggregate, stage, outputs, terms, total, size)
+                count += 1
+        if count == 0:
+            warnings.warn(
+                f"stage {stage.name} skipped: the {batches.role} batches are "
+                f"empty, so no {stage.value} values are reported",
+                CuvisDSLWarning,
+                stacklevel=4,
+            )
+            return {}
+        return self._finish(aggregate, stage)
+
+    def predict(
+        self, batches: Iterable[Any], outputs: str | Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run ``batches`` in stage INFERENCE; return each batch's outputs.
+
+        Runs in eval mode without gradients. ``outputs`` restricts the run
+        to the nodes those names need, as in `Pipeline.forward`.
+        """
+        source = Batches(batches, "inference")
+        self._warn_uninitialised(INFERENCE)
+        results = []
+        with preserved_modes(self.pipeline), torch.no_grad():
+            self.pipeline.eval()
+            for batch_idx, batch in enumerate(self._bar(source, "predict")):
+                context = Context(
+                    stage=INFERENCE,
+                    epoch=self.epoch,
+                    batch_idx=batch_idx,
+                    global_step=self.global_step,
+                )
+                results.append(
+                    self.pipeline.forward(
+                        batch=self._prepare(batch), context=context, outputs=outputs
+                    )
+                )
+        if not results:
+            warnings.warn(
+                "predict got zero batches; returning an empty list",
+                CuvisDSLWarning,
+                stacklevel=2,
+            )
+        return results
+
+    def _finish(
+        self, aggregate: EpochAggregate, stage: ExecutionStage
+    ) -> dict[str, float]:
+        values = aggregate.compute()
+        aggregate.reset_stateful()
+        for metric in aggregate.stateful:
+            self._stateful.setdefault(id(metric), metric)
+        empty = aggregate.empty_keys()
+        if empty:
+            warnings.warn(
+                f"{quoted(empty)} saw zero samples in stage {stage.name} and are "
+                f"not reported",
+                CuvisDSLWarning,
+                stacklevel=4,
+            )
+        return values
+
+    def _reset_stateful(self) -> None:
+        for metric in self._stateful.values():
+            metric.reset()
+
+    def _warn_uninitialised(self, stage: ExecutionStage) -> None:
+        pending = [
+            name
+            for name, item in self.pipeline.nodes.items()
+            if name in self.pipeline.specs
+            and stage in self.pipeline.specs[name].stages
+            and _needs_fit(item)
+        ]
+        if pending:
+            warnings.warn(
+                f"statistical node(s) {quoted(pending)} are not initialised; "
+                f"running stage {stage.name} with them anyway.\n  Fix: call "
+                f"trainer.statistical_initialization(train_batches) or "
+                f"trainer.fit(...) first, or load a trained state",
+                CuvisDSLWarning,
+                stacklevel=3,
+            )
+
+    # Checkpoints
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Write everything needed to resume training exactly, atomically.
+
+        The file holds the pipeline's ``state_dict`` (key ``"pipeline"``),
+        the optimiser state, the counters, the history, the callbacks'
+        states and the random generators' states; it loads with
+        ``torch.load(path, weights_only=True)``. Taken in the middle of an
+        epoch, it also holds the position in that epoch, and resuming
+        continues with the next batch.
+        """
+        mid_epoch = self._next_batch > 0 and self._train_aggregate is not None
+        if mid_epoch and self._train_aggregate.stateful:  # type: ignore[union-attr]
+            warnings.warn(
+                "a checkpoint taken mid-epoch does not hold the state of stateful "
+                "TRAIN metrics; after resuming, their value for this epoch covers "
+                "only the batches after the checkpoint",
+                CuvisDSLWarning,
+                stacklevel=2,
+            )
+        state = {
+            "pipeline": self.pipeline.state_dict(),
+            "optimizer": None
+            if self._optimizer is None
+            else self._optimizer.state_dict(),
+            "epoch": self.epoch,
+            "batch_idx": self._next_batch if mid_epoch else 0,
+            "global_step": self.global_step,
+            "history": self.history.state_dict(),
+            "callbacks": [_callback_state(callback) for callback in self.callbacks],
+            "initialized": [
+                name
+                for name, item in self.pipeline.nodes.items()
+                if is_initialized(item)
+            ],
+            "rng": capture_rng(),
+            "epoch_rng": self._epoch_rng if mid_epoch else None,
+            "aggregate": self._train_aggregate.state_dict() if mid_epoch else None,  # type: ignore[union-attr]
+        }
+        written = write_checkpoint(state, path)
+        logger.info(
+            "checkpoint at epoch %d, batch %d, global step %d written to %s",
+            self.epoch,
+            state["batch_idx"],
+            self.global_step,
+            written,
+        )
+        return written
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Load a checkpoint's pipeline, optimiser, counters, history and callbacks.
+
+        Use this to evaluate a saved state; to continue training, pass the
+        path to ``fit(..., resume_from=path)``, which also restores the
+        random states and the position inside an epoch.
+        """
+        checkpoint = read_checkpoint(path)
+        with preserved_modes(self.pipeline):
+            self._load(checkpoint, path)
+            if self._optimizer is not None and checkpoint["optimizer"] is not None:
+                self._optimizer.load_state_dict(checkpoint["optimizer"])
+
+    def _load(self, checkpoint: Mapping[str, Any], path: Any) -> None:
+        self.pipeline.load_state_dict(checkpoint["pipeline"])
+        for name in checkpoint["initialized"]:
+            if name in self.pipeline.nodes:
+                mark_initialized(self.pipeline.nodes[name])
+        self.epoch = checkpoint["epoch"]
+        self.global_step = checkpoint["global_step"]
+        self.history = History.from_state_dict(checkpoint["history"])
+        self._load_callbacks(checkpoint["callbacks"], path)
+        logger.info(
+            "loaded checkpoint %s: epoch %d, batch %d, global step %d",
+            path,
+            self.epoch,
+            checkpoint["batch_idx"],
+            self.global_step,
+        )
+
+    def _load_callbacks(self, states: list[Mapping[str, Any]], path: Any) -> None:
+        names = [state["class"] for state in states]
+        mine = [type(callback).__name__ for callback in self.callbacks]
+        if names != mine:
+            raise ValueError(
+                f"the checkpoint {str(path)!r} was written with callbacks "
+                f"{names}, this trainer has {mine}; their states cannot be "
+                f"matched.\n  Fix: pass the same callbacks, in the same order"
+            )
+        for callback, state in zip(self.callbacks, states):
+            callback.load_state_dict(state["state"])
+
+    def _resume(self, checkpoint: Mapping[str, Any]) -> None:
+        saved = checkpoint["optimizer"]
+        if saved is not None and self._optimizer is None:
+            raise ValueError(
+                "the checkpoint holds an optimiser state but this trainer has no "
+                "optimiser.\n  Fix: pass the optimiser the run was started with"
+            )
+        if saved is not None:
+            self._optimizer.load_state_dict(saved)  # type: ignore[union-attr]
+        elif self._optimizer is not None:
+            warnings.warn(
+                "the checkpoint holds no optimiser state; the optimiser starts afresh",
+                CuvisDSLWarning,
+                stacklevel=3,
+            )
+        restore_rng(checkpoint["rng"])
+        if checkpoint["batch_idx"] > 0:
+            self._resume_point = dict(checkpoint)
+
+    # Helpers
+
+    def _build_optimizer(self, checkpoint: Mapping[str, Any] | None) -> None:
+        trainable = [p for p in self.pipeline.parameters() if p.requires_grad]
+        if self._optimizer is not None:
+            _check_optimizer_params(self._optimizer, self.pipeline)
+            return
+        source = self._optimizer_source
+        if source is None:
+            if trainable:
+                raise ValueError(
+                    f"the pipeline has {len(trainable)} parameter tensor(s) that "
+                    f"require grad, but the trainer has no optimiser.\n  Fix: "
+                    f"Trainer(pipe, optimizer=lambda params: "
+                    f"torch.optim.Adam(params, lr=1e-3))"
+                )
+            return
+        if not trainable:
+            raise ValueError(
+                "an optimiser was given, but no parameter of the pipeline requires "
+                "grad.\n  Fix: drop the optimiser, or unfreeze the parameters "
+                "(requires_grad=True)"
+            )
+        self._optimizer = source(trainable)  # type: ignore[operator]
+        if not _is_optimizer(self._optimizer):
+            raise TypeError(
+                f"the optimizer callable returned "
+                f"{type(self._optimizer).__name__}, not a torch.optim.Optimizer"
+            )
+
+    def _reject_empty(self, batches: Batches) -> None:
+        if batches.known_length() == 0:
+            raise ValueError(
+                "fit got zero batches in stage TRAIN: the train batches are "
+                "empty.\n  Fix: pass non-empty training data; with "
+                "drop_last=True it needs at least one full batch"
+            )
+
+    def _prepare(self, batch: Any) -> Any:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"a batch must be a dict of names to values, got "
+                f"{type(batch).__name__}.\n  Fix: make the dataset or collate "
+                f"function return dicts, e.g. {{'cube': x, 'label': y}}"
+            )
+        if self.device is None:
+            return batch
+        return _to_device(batch, self.device)
+
+    def _bar(
+        self, iterable: Iterable[Any], label: str, sized: Any = None, start: int = 0
+    ) -> Iterable[Any]:
+        if not self.progress:
+            return iterable
+        total = _length(sized if sized is not None else iterable)
+        return tqdm(
+            iterable,
+            desc=label,
+            total=None if total is None else total - start,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self, *args)
+
+
+class _LazySize:
+    """The batch size, inferred only when a value needs weighting."""
+
+    def __init__(self, batch: Mapping[str, Any], rule: BatchSize) -> None:
+        self._batch = batch
+        self._rule = rule
+        self._size: int | None = None
+
+    def __call__(self) -> int:
+        if self._size is None:
+            self._size = batch_size_of(self._batch, self._rule)
+        return self._size
+
+
+def _is_optimizer(value: object) -> bool:
+    return isinstance(value, torch.optim.Optimizer)
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_optimizer_params(optimizer: torch.optim.Optimizer, pipeline: Any) -> None:
+    owned = {id(p) for p in pipeline.parameters()}
+    foreign = sum(
+        1
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if id(p) not in owned
+    )
+    if foreign:
+        raise ValueError(
+            f"the optimiser holds {foreign} parameter tensor(s) that are not "
+            f"parameters of the pipeline, so training would not change it.\n"
+            f"  Fix: build the optimiser from pipe.parameters(), or pass a "
+            f"callable: optimizer=lambda params: torch.optim.Adam(params)"
+        )
+
+
+def _discover_stateful(pipeline: Any, metric_nodes: Sequence[str]) -> dict[int, Any]:
+    found: dict[int, Any] = {}
+    for name in metric_nodes:
+        item = pipeline.nodes[name]
+        if not isinstance(item, torch.nn.Module):
+            continue
+        for child in item.modules():
+            if child is not item and is_stateful_metric(child):
+                found[id(child)] = child
+    return found
+
+
+def _needs_fit(item: object) -> bool:
+    return is_statistical(item) and not is_initialized(item)
+
+
+def _callback_state(callback: Any) -> dict[str, Any]:
+    state = callback.state_dict() if hasattr(callback, "state_dict") else {}
+    return {"class": type(callback).__name__, "state": state}
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_to_device(item, device) for item in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
+
+
+def _length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
+def _format_values(values: Mapping[str, float]) -> str:
+    if not values:
+        return "(no values)"
+    return ", ".join(
+        f"{key}={value:.6g}" if math.isfinite(value) else f"{key}={value}"
+        for key, value in values.items()
+    )
+
+
+def _warn_nothing_to_do(epoch: int, max_epochs: int) -> None:
+    warnings.warn(
+        f"fit has nothing to do: the trainer is at epoch {epoch} and "
+        f"max_epochs is {max_epochs}.\n  Fix: raise max_epochs to train further",
+        CuvisDSLWarning,
+        stacklevel=3,
+    )

@@ -402,6 +402,13 @@ def read_spec(
     from ``func`` (the wrapped function of a partial); ``exclude`` lists
     parameters that are not ports (arguments bound by a partial).
     """
+    if not stages:
+        raise DefinitionError(
+            f"node {name!r} is declared with no stages, so it would never run.\n"
+            f"  Fix: pass stages='train|val' (or any stages), or leave stages out "
+            f"to run in every stage",
+            node=name,
+        )
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:

@@ -597,10 +597,6 @@ def test_repr_of_varargs_shows_the_fan_in_without_a_default():
     assert repr(gather) == "<node 'gather' (part: *int) -> gather, stages=ALWAYS>"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node declared with no stages is accepted and silently never runs",
-)
 def test_empty_stages_are_a_definition_error():
     with pytest.raises(DefinitionError, match="no stages"):
         node(lambda x: x, name="never", stages=[])

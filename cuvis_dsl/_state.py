@@ -235,7 +235,7 @@ def _check_buffer(module: torch.nn.Module, name: str, node: str) -> None:
             node=node,
             port=name,
         )
-    if is_unmaterialized(value):
+    if value is None or is_unmaterialized(value):
         raise NotInitializedError(
             f"node {node!r}: buffer {name!r} cannot become trainable before it "
             f"has a shape (it is {'None' if value is None else 'empty'}).\n"
@@ -266,7 +266,8 @@ def unfreeze_buffers(module: torch.nn.Module, names: Iterable[str], node: str) -
         if name in module._parameters:
             continue
         value = module._buffers.pop(name)
-        module.register_parameter(name, torch.nn.Parameter(value.detach()))
+        if value is not None:
+            module.register_parameter(name, torch.nn.Parameter(value.detach()))
 
 
 def freeze_buffers(module: torch.nn.Module, names: Iterable[str]) -> None:

@@ -14,6 +14,7 @@ from ._errors import (
     WiringError,
 )
 from ._history import History
+from ._loop import NonFiniteLossError
 from ._metric import Metric
 from ._node import FunctionNode, loss, metric, node
 from ._pipeline import Pipeline
@@ -23,7 +24,7 @@ from ._spec import NodeSpec
 from ._stages import ExecutionStage, StageSet
 from ._state import NotInitializedError
 from ._statistical import InputStream
-from ._trainer import NonFiniteLossError, Trainer
+from ._trainer import Trainer
 
 __all__ = [
     "BestCheckpoint",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,13 @@ from ._errors import did_you_mean, quoted
 if TYPE_CHECKING:
     from ._trainer import Trainer
 
-__all__ = ["BestCheckpoint", "Callback", "EarlyStopping"]
+__all__ = [
+    "BestCheckpoint",
+    "Callback",
+    "EarlyStopping",
+    "callback_states",
+    "restore_callback_states",
+]
 
 logger = logging.getLogger("cuvis_dsl.trainer")
 
@@ -226,3 +232,31 @@ class BestCheckpoint(_Monitor):
             f"BestCheckpoint(monitor={self.monitor!r}, path={str(self.path)!r}, "
             f"mode={self.mode!r})"
         )
+
+
+def callback_states(callbacks: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each callback's class name and `Callback.state_dict`, for a checkpoint."""
+    return [
+        {
+            "class": type(callback).__name__,
+            "state": callback.state_dict() if hasattr(callback, "state_dict") else {},
+        }
+        for callback in callbacks
+    ]
+
+
+def restore_callback_states(
+    callbacks: Sequence[Any], states: Sequence[Mapping[str, Any]], path: Any
+) -> None:
+    """Hand each callback its saved state; the callbacks must match the saved ones."""
+    saved = [state["class"] for state in states]
+    mine = [type(callback).__name__ for callback in callbacks]
+    if saved != mine:
+        raise ValueError(
+            f"the checkpoint {str(path)!r} was written with callbacks {saved}, "
+            f"this trainer has {mine}; their states cannot be matched.\n"
+            f"  Fix: pass the same callbacks, in the same order"
+        )
+    for callback, state in zip(callbacks, states):
+        if hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(state["state"])

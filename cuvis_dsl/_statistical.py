@@ -31,6 +31,7 @@ from ._state import is_statistical as defines_statistics
 __all__ = [
     "Batches",
     "InputStream",
+    "fit_statistics",
     "is_initialized",
     "is_statistical",
     "mark_initialized",
@@ -211,3 +212,36 @@ class InputStream:
             if name in bound.arguments:
                 inputs[name] = bound.arguments[name]
         raise _Captured(inputs)
+
+
+def fit_statistics(
+    pipeline: Any,
+    name: str,
+    batches: Batches,
+    stage: ExecutionStage,
+    prepare: Callable[[Any], Any],
+    wrap: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    global_step: int = 0,
+) -> None:
+    """Run one node's ``statistical_initialization`` on its stream; mark it.
+
+    Empty batches are refused before the node sees anything, so its
+    buffers are never filled from zero samples.
+    """
+    if batches.is_empty():
+        raise ValueError(
+            f"statistical node {name!r} received zero samples: the {batches.role} "
+            f"batches are empty, so statistical initialisation cannot fit it "
+            f"(it stays uninitialised).\n  Fix: pass non-empty training data "
+            f"(with drop_last=True, at least one full batch)"
+        )
+    stream = InputStream(pipeline, name, batches, stage, prepare, global_step, wrap)
+    module = pipeline.nodes[name]
+    module.statistical_initialization(stream)
+    if stream.batches_seen == 0:
+        raise ValueError(
+            f"statistical node {name!r} did not read its stream: its "
+            f"statistical_initialization returned without iterating it.\n"
+            f"  Fix: iterate the stream argument (for item in stream: ...)"
+        )
+    mark_initialized(module)

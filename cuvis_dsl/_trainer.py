@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import itertools
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from ._aggregate import BatchSize, EpochAggregate, batch_size_of, is_stateful_metric
-from ._callbacks import Callback
+from ._aggregate import BatchSize, EpochAggregate
+from ._callbacks import Callback, callback_states, restore_callback_states
 from ._checkpoint import capture_rng, read_checkpoint, restore_rng, write_checkpoint
-from ._collect import Collector, LossTerm
+from ._collect import Collector
 from ._context import Context
 from ._errors import CuvisDSLWarning, quoted
 from ._history import History
+from ._loop import StageLoop, preserved_modes
+from ._optim import (
+    OptimizerLike,
+    check_optimizer_source,
+    is_optimizer,
+    resolve_optimizer,
+)
 from ._stages import ExecutionStage, as_stage
 from ._statistical import (
     Batches,
-    InputStream,
+    fit_statistics,
     is_initialized,
     is_statistical,
     mark_initialized,
     statistical_nodes,
 )
 
-__all__ = ["NonFiniteLossError", "Trainer", "preserved_modes"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger("cuvis_dsl.trainer")
 
@@ -42,56 +48,6 @@ TRAIN, VAL, TEST, INFERENCE = (
     ExecutionStage.TEST,
     ExecutionStage.INFERENCE,
 )
-OptimizerLike = torch.optim.Optimizer | Callable[[list[torch.nn.Parameter]], Any]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A TRAIN loss was NaN or infinite; training stopped before the step.
-
-    Attributes
-    ----------
-    node, output
-        The loss node and its output that was not finite.
-    stage, epoch, global_step
-        Where training stood.
-    value
-        The offending value.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        node: str,
-        output: str,
-        epoch: int,
-        global_step: int,
-        value: float,
-    ) -> None:
-        super().__init__(message)
-        self.node = node
-        self.output = output
-        self.stage = TRAIN
-        self.epoch = epoch
-        self.global_step = global_step
-        self.value = value
-
-
-@contextlib.contextmanager
-def preserved_modes(module: torch.nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval mode and the grad mode on exit.
-
-    The modes are restored exactly, module by module, also when the block
-    raises.
-    """
-    modes = [(child, child.training) for child in module.modules()]
-    grad = torch.is_grad_enabled()
-    try:
-        yield
-    finally:
-        for child, training in modes:
-            child.training = training
-        torch.set_grad_enabled(grad)
 
 
 class Trainer:
@@ -195,34 +151,32 @@ class Trainer:
     ) -> None:
         _check_count("max_epochs", max_epochs, minimum=0)
         _check_count("validate_every", validate_every, minimum=1)
-        if not (optimizer is None or callable(optimizer) or _is_optimizer(optimizer)):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer or a callable "
-                f"params -> Optimizer, got {type(optimizer).__name__}.\n"
-                f"  Fix: optimizer=lambda params: torch.optim.Adam(params, lr=1e-3)"
-            )
+        check_optimizer_source(optimizer)
         self.pipeline = pipeline
-        self.collector = Collector(pipeline.specs, loss_weights or {})
         self.max_epochs = max_epochs
         self.statistical_stage = as_stage(statistical_stage)
-        self.check_finite = check_finite
-        self.progress = progress
         self.validate_every = validate_every
         self.callbacks = list(callbacks)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.device = None if device is None else torch.device(device)
-        self.batch_size = batch_size
+        self._loop = StageLoop(
+            pipeline,
+            Collector(pipeline.specs, loss_weights or {}),
+            batch_size=batch_size,
+            device=self.device,
+            progress=progress,
+            check_finite=check_finite,
+        )
         self.epoch = 0
         self.global_step = 0
         self.history = History()
         self.should_stop = False
         self._optimizer_source = optimizer
-        self._optimizer = optimizer if _is_optimizer(optimizer) else None
+        self._optimizer = optimizer if is_optimizer(optimizer) else None
         self._next_batch = 0
         self._epoch_rng: dict[str, Any] | None = None
         self._train_aggregate: EpochAggregate | None = None
         self._resume_point: dict[str, Any] | None = None
-        self._stateful = _discover_stateful(pipeline, self.collector.metric_nodes)
         if self.device is not None:
             pipeline.to(self.device)
 
@@ -278,35 +232,16 @@ class Trainer:
         with preserved_modes(self.pipeline), torch.no_grad():
             self.pipeline.eval()
             for name in names:
-                self._initialize_one(name, batches)
-
-    def _initialize_one(self, name: str, batches: Batches) -> None:
-        if batches.is_empty():
-            raise ValueError(
-                f"statistical node {name!r} received zero samples: the train "
-                f"batches are empty, so statistical initialisation cannot fit "
-                f"it (it stays uninitialised).\n  Fix: pass non-empty training "
-                f"data (with drop_last=True, at least one full batch)"
-            )
-        stream = InputStream(
-            self.pipeline,
-            name,
-            batches,
-            self.statistical_stage,
-            self._prepare,
-            self.global_step,
-            wrap=lambda source: self._bar(source, f"statistics {name}"),
-        )
-        logger.info("statistical initialisation of node %r", name)
-        module = self.pipeline.nodes[name]
-        module.statistical_initialization(stream)
-        if stream.batches_seen == 0:
-            raise ValueError(
-                f"statistical node {name!r} did not read its stream: its "
-                f"statistical_initialization returned without iterating it.\n"
-                f"  Fix: iterate the stream argument (for item in stream: ...)"
-            )
-        mark_initialized(module)
+                logger.info("statistical initialisation of node %r", name)
+                fit_statistics(
+                    self.pipeline,
+                    name,
+                    batches,
+                    self.statistical_stage,
+                    self._loop.prepare,
+                    wrap=functools.partial(self._loop.bar, label=f"statistics {name}"),
+                    global_step=self.global_step,
+                )
 
     def _pending(self) -> list[str]:
         names = statistical_nodes(self.pipeline, self.statistical_stage)
@@ -352,7 +287,7 @@ class Trainer:
                 return self.history
             self._reject_empty(batches)
             self._initialize(self._pending(), batches)
-            self._build_optimizer(checkpoint)
+            self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
             if checkpoint is not None:
                 self._resume(checkpoint)
             self._fit_epochs(batches, val_batches)
@@ -375,7 +310,7 @@ class Trainer:
         epoch = self.epoch
         values = self._train_epoch(batches)
         if val is not None and (epoch + 1) % self.validate_every == 0:
-            values.update(self._evaluate(VAL, val, epoch))
+            values.update(self._loop.evaluate(VAL, val, epoch, self.global_step))
         self.history.add(epoch, values)
         logger.info("epoch %d: %s", epoch, _format_values(values))
         self.epoch, self._next_batch = epoch + 1, 0
@@ -388,11 +323,12 @@ class Trainer:
         aggregate = EpochAggregate()
         self._train_aggregate = aggregate
         iterator, start = self._epoch_iterator(batches, aggregate)
-        self._reset_stateful()
+        self._loop.reset_stateful()
         self.pipeline.train()
         count = start
         with torch.enable_grad():
-            bar = self._bar(iterator, f"epoch {self.epoch} train", batches, start)
+            label = f"epoch {self.epoch} train"
+            bar = self._loop.bar(iterator, label, batches, start)
             for batch_idx, batch in enumerate(bar, start):
                 outputs = self._train_batch(batch, batch_idx, aggregate)
                 self._next_batch = batch_idx + 1
@@ -405,7 +341,7 @@ class Trainer:
                 f"training data; with drop_last=True it needs at least one full "
                 f"batch"
             )
-        return self._finish(aggregate, TRAIN)
+        return self._loop.finish(aggregate, TRAIN)
 
     def _epoch_iterator(
         self, batches: Batches, aggregate: EpochAggregate
@@ -432,63 +368,26 @@ class Trainer:
     def _train_batch(
         self, batch: Any, batch_idx: int, aggregate: EpochAggregate
     ) -> dict[str, Any]:
-        context = Context(
-            stage=TRAIN,
-            epoch=self.epoch,
-            batch_idx=batch_idx,
-            global_step=self.global_step,
-        )
-        outputs = self.pipeline.forward(batch=self._prepare(batch), context=context)
-        terms = self.collector.losses(outputs, TRAIN)
-        total = self._total(terms, context)
+        context = Context(TRAIN, self.epoch, batch_idx, self.global_step)
+        outputs, total, terms = self._loop.run(batch, context)
         if self._optimizer is not None:
-            self._step(total, terms)
-        size = _LazySize(batch, self.batch_size)
-        self.collector.record(aggregate, TRAIN, outputs, terms, total, size)
+            self._step(total, [term.node for term in terms])
+        self._loop.record(aggregate, TRAIN, batch, outputs, terms, total)
         return outputs
 
-    def _total(self, terms: list[LossTerm], context: Context) -> torch.Tensor | None:
-        used = [term for term in terms if term.weight != 0]
-        if not used:
-            return torch.zeros(()) if terms else None
-        total = torch.stack([term.weight * term.value for term in used]).sum()
-        if self.check_finite and context.stage is TRAIN:
-            self._check_finite(total, used, context)
-        return total
-
-    def _check_finite(
-        self, total: torch.Tensor, terms: list[LossTerm], context: Context
-    ) -> None:
-        if bool(torch.isfinite(total)):
-            return
-        bad = next((t for t in terms if not bool(torch.isfinite(t.value))), terms[0])
-        value = float(bad.value.detach())
-        raise NonFiniteLossError(
-            f"loss {bad.output!r} of node {bad.node!r} is {value} in stage TRAIN, "
-            f"epoch {context.epoch}, batch_idx {context.batch_idx}, global step "
-            f"{context.global_step}; training stopped before the optimiser step.\n"
-            f"  Fix: lower the learning rate, check the node's inputs for NaN, or "
-            f"pass Trainer(..., check_finite=False) to train on regardless",
-            node=bad.node,
-            output=bad.output,
-            epoch=context.epoch,
-            global_step=context.global_step,
-            value=value,
-        )
-
-    def _step(self, total: torch.Tensor | None, terms: list[LossTerm]) -> None:
+    def _step(self, total: torch.Tensor | None, nodes: list[str]) -> None:
         optimizer = self._optimizer
         assert optimizer is not None
         if total is None:
             raise ValueError(
                 f"no loss node produced a value in stage TRAIN, so there is "
                 f"nothing to back-propagate (loss nodes: "
-                f"{quoted(self.collector.loss_nodes) or '(none)'}).\n"
+                f"{quoted(self._loop.collector.loss_nodes) or '(none)'}).\n"
                 f"  Fix: add a @loss node that runs in TRAIN"
             )
         if not total.requires_grad:
             raise ValueError(
-                f"the TRAIN loss (from {quoted(t.node for t in terms)}) does not "
+                f"the TRAIN loss (from {quoted(nodes)}) does not "
                 f"depend on any parameter that requires grad.\n  Fix: check "
                 f"that the trainable nodes feed the loss, and that no node "
                 f"detaches its output"
@@ -519,40 +418,7 @@ class Trainer:
         source = Batches(batches, stage.value)
         self._warn_uninitialised(stage)
         with preserved_modes(self.pipeline):
-            return self._evaluate(stage, source, self.epoch)
-
-    def _evaluate(
-        self, stage: ExecutionStage, batches: Batches, epoch: int
-    ) -> dict[str, float]:
-        aggregate = EpochAggregate()
-        self._reset_stateful()
-        self.pipeline.eval()
-        count = 0
-        with torch.no_grad():
-            for batch_idx, batch in enumerate(self._bar(batches, f"{stage.value}")):
-                context = Context(
-                    stage=stage,
-                    epoch=epoch,
-                    batch_idx=batch_idx,
-                    global_step=self.global_step,
-                )
-                outputs = self.pipeline.forward(
-                    batch=self._prepare(batch), context=context
-                )
-                terms = self.collector.losses(outputs, stage)
-                total = self._total(terms, context)
-                size = _LazySize(batch, self.batch_size)
-                self.collector.record(aggregate, stage, outputs, terms, total, size)
-                count += 1
-        if count == 0:
-            warnings.warn(
-                f"stage {stage.name} skipped: the {batches.role} batches are "
-                f"empty, so no {stage.value} values are reported",
-                CuvisDSLWarning,
-                stacklevel=4,
-            )
-            return {}
-        return self._finish(aggregate, stage)
+            return self._loop.evaluate(stage, source, self.epoch, self.global_step)
 
     def predict(
         self, batches: Iterable[Any], outputs: str | Sequence[str] | None = None
@@ -564,21 +430,8 @@ class Trainer:
         """
         source = Batches(batches, "inference")
         self._warn_uninitialised(INFERENCE)
-        results = []
-        with preserved_modes(self.pipeline), torch.no_grad():
-            self.pipeline.eval()
-            for batch_idx, batch in enumerate(self._bar(source, "predict")):
-                context = Context(
-                    stage=INFERENCE,
-                    epoch=self.epoch,
-                    batch_idx=batch_idx,
-                    global_step=self.global_step,
-                )
-                results.append(
-                    self.pipeline.forward(
-                        batch=self._prepare(batch), context=context, outputs=outputs
-                    )
-                )
+        with preserved_modes(self.pipeline):
+            results = self._loop.predict(source, self.epoch, self.global_step, outputs)
         if not results:
             warnings.warn(
                 "predict got zero batches; returning an empty list",
@@ -586,27 +439,6 @@ class Trainer:
                 stacklevel=2,
             )
         return results
-
-    def _finish(
-        self, aggregate: EpochAggregate, stage: ExecutionStage
-    ) -> dict[str, float]:
-        values = aggregate.compute()
-        aggregate.reset_stateful()
-        for metric in aggregate.stateful:
-            self._stateful.setdefault(id(metric), metric)
-        empty = aggregate.empty_keys()
-        if empty:
-            warnings.warn(
-                f"{quoted(empty)} saw zero samples in stage {stage.name} and are "
-                f"not reported",
-                CuvisDSLWarning,
-                stacklevel=4,
-            )
-        return values
-
-    def _reset_stateful(self) -> None:
-        for metric in self._stateful.values():
-            metric.reset()
 
     def _warn_uninitialised(self, stage: ExecutionStage) -> None:
         pending = [
@@ -656,7 +488,7 @@ class Trainer:
             "batch_idx": self._next_batch if mid_epoch else 0,
             "global_step": self.global_step,
             "history": self.history.state_dict(),
-            "callbacks": [_callback_state(callback) for callback in self.callbacks],
+            "callbacks": callback_states(self.callbacks),
             "initialized": [
                 name
                 for name, item in self.pipeline.nodes.items()
@@ -686,8 +518,9 @@ class Trainer:
         checkpoint = read_checkpoint(path)
         with preserved_modes(self.pipeline):
             self._load(checkpoint, path)
-            if self._optimizer is not None and checkpoint["optimizer"] is not None:
-                self._optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint["optimizer"] is not None and self._optimizer_source is not None:
+            self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
+            self._optimizer.load_state_dict(checkpoint["optimizer"])
 
     def _load(self, checkpoint: Mapping[str, Any], path: Any) -> None:
         self.pipeline.load_state_dict(checkpoint["pipeline"])
@@ -697,7 +530,7 @@ class Trainer:
         self.epoch = checkpoint["epoch"]
         self.global_step = checkpoint["global_step"]
         self.history = History.from_state_dict(checkpoint["history"])
-        self._load_callbacks(checkpoint["callbacks"], path)
+        restore_callback_states(self.callbacks, checkpoint["callbacks"], path)
         logger.info(
             "loaded checkpoint %s: epoch %d, batch %d, global step %d",
             path,
@@ -705,18 +538,6 @@ class Trainer:
             checkpoint["batch_idx"],
             self.global_step,
         )
-
-    def _load_callbacks(self, states: list[Mapping[str, Any]], path: Any) -> None:
-        names = [state["class"] for state in states]
-        mine = [type(callback).__name__ for callback in self.callbacks]
-        if names != mine:
-            raise ValueError(
-                f"the checkpoint {str(path)!r} was written with callbacks "
-                f"{names}, this trainer has {mine}; their states cannot be "
-                f"matched.\n  Fix: pass the same callbacks, in the same order"
-            )
-        for callback, state in zip(self.callbacks, states):
-            callback.load_state_dict(state["state"])
 
     def _resume(self, checkpoint: Mapping[str, Any]) -> None:
         saved = checkpoint["optimizer"]
@@ -739,34 +560,6 @@ class Trainer:
 
     # Helpers
 
-    def _build_optimizer(self, checkpoint: Mapping[str, Any] | None) -> None:
-        trainable = [p for p in self.pipeline.parameters() if p.requires_grad]
-        if self._optimizer is not None:
-            _check_optimizer_params(self._optimizer, self.pipeline)
-            return
-        source = self._optimizer_source
-        if source is None:
-            if trainable:
-                raise ValueError(
-                    f"the pipeline has {len(trainable)} parameter tensor(s) that "
-                    f"require grad, but the trainer has no optimiser.\n  Fix: "
-                    f"Trainer(pipe, optimizer=lambda params: "
-                    f"torch.optim.Adam(params, lr=1e-3))"
-                )
-            return
-        if not trainable:
-            raise ValueError(
-                "an optimiser was given, but no parameter of the pipeline requires "
-                "grad.\n  Fix: drop the optimiser, or unfreeze the parameters "
-                "(requires_grad=True)"
-            )
-        self._optimizer = source(trainable)  # type: ignore[operator]
-        if not _is_optimizer(self._optimizer):
-            raise TypeError(
-                f"the optimizer callable returned "
-                f"{type(self._optimizer).__name__}, not a torch.optim.Optimizer"
-            )
-
     def _reject_empty(self, batches: Batches) -> None:
         if batches.known_length() == 0:
             raise ValueError(
@@ -775,31 +568,6 @@ class Trainer:
                 "drop_last=True it needs at least one full batch"
             )
 
-    def _prepare(self, batch: Any) -> Any:
-        if not isinstance(batch, Mapping):
-            raise TypeError(
-                f"a batch must be a dict of names to values, got "
-                f"{type(batch).__name__}.\n  Fix: make the dataset or collate "
-                f"function return dicts, e.g. {{'cube': x, 'label': y}}"
-            )
-        if self.device is None:
-            return batch
-        return _to_device(batch, self.device)
-
-    def _bar(
-        self, iterable: Iterable[Any], label: str, sized: Any = None, start: int = 0
-    ) -> Iterable[Any]:
-        if not self.progress:
-            return iterable
-        total = _length(sized if sized is not None else iterable)
-        return tqdm(
-            iterable,
-            desc=label,
-            total=None if total is None else total - start,
-            leave=False,
-            dynamic_ncols=True,
-        )
-
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             method = getattr(callback, hook, None)
@@ -807,84 +575,13 @@ class Trainer:
                 method(self, *args)
 
 
-class _LazySize:
-    """The batch size, inferred only when a value needs weighting."""
-
-    def __init__(self, batch: Mapping[str, Any], rule: BatchSize) -> None:
-        self._batch = batch
-        self._rule = rule
-        self._size: int | None = None
-
-    def __call__(self) -> int:
-        if self._size is None:
-            self._size = batch_size_of(self._batch, self._rule)
-        return self._size
-
-
-def _is_optimizer(value: object) -> bool:
-    return isinstance(value, torch.optim.Optimizer)
-
-
 def _check_count(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _check_optimizer_params(optimizer: torch.optim.Optimizer, pipeline: Any) -> None:
-    owned = {id(p) for p in pipeline.parameters()}
-    foreign = sum(
-        1
-        for group in optimizer.param_groups
-        for p in group["params"]
-        if id(p) not in owned
-    )
-    if foreign:
-        raise ValueError(
-            f"the optimiser holds {foreign} parameter tensor(s) that are not "
-            f"parameters of the pipeline, so training would not change it.\n"
-            f"  Fix: build the optimiser from pipe.parameters(), or pass a "
-            f"callable: optimizer=lambda params: torch.optim.Adam(params)"
-        )
-
-
-def _discover_stateful(pipeline: Any, metric_nodes: Sequence[str]) -> dict[int, Any]:
-    found: dict[int, Any] = {}
-    for name in metric_nodes:
-        item = pipeline.nodes[name]
-        if not isinstance(item, torch.nn.Module):
-            continue
-        for child in item.modules():
-            if child is not item and is_stateful_metric(child):
-                found[id(child)] = child
-    return found
-
-
 def _needs_fit(item: object) -> bool:
     return is_statistical(item) and not is_initialized(item)
-
-
-def _callback_state(callback: Any) -> dict[str, Any]:
-    state = callback.state_dict() if hasattr(callback, "state_dict") else {}
-    return {"class": type(callback).__name__, "state": state}
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {key: _to_device(item, device) for key, item in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_to_device(item, device) for item in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(item, device) for item in value)
-    return value
-
-
-def _length(iterable: Any) -> int | None:
-    try:
-        return len(iterable)
-    except TypeError:
-        return None
 
 
 def _format_values(values: Mapping[str, float]) -> str:

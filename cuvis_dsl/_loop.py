@@ -1,0 +1,307 @@
+"""Running batches through a pipeline in one stage, with the right modes.
+
+TRAIN batches run in train mode with autograd; VAL, TEST and INFERENCE
+batches run in eval mode under ``torch.no_grad()`` (not inference mode, so
+that their outputs can still be used in autograd later). `preserved_modes`
+puts every module's mode and the grad mode back afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ._aggregate import BatchSize, EpochAggregate, batch_size_of, is_stateful_metric
+from ._collect import Collector, LossTerm
+from ._context import Context
+from ._errors import CuvisDSLWarning, quoted
+from ._stages import ExecutionStage
+from ._statistical import Batches
+
+__all__ = ["NonFiniteLossError", "StageLoop", "preserved_modes"]
+
+TRAIN = ExecutionStage.TRAIN
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A TRAIN loss was NaN or infinite; training stopped before the step.
+
+    Attributes
+    ----------
+    node, output
+        The loss node and its output that was not finite.
+    stage, epoch, global_step
+        Where training stood.
+    value
+        The offending value.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        output: str,
+        epoch: int,
+        global_step: int,
+        value: float,
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.output = output
+        self.stage = TRAIN
+        self.epoch = epoch
+        self.global_step = global_step
+        self.value = value
+
+
+@contextlib.contextmanager
+def preserved_modes(module: torch.nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval mode and the grad mode on exit.
+
+    The modes are restored exactly, module by module, also when the block
+    raises.
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout())
+    >>> net[1].eval()
+    Dropout(p=0.5, inplace=False)
+    >>> with preserved_modes(net):
+    ...     _ = net.train()
+    >>> net[0].training, net[1].training
+    (True, False)
+    """
+    modes = [(child, child.training) for child in module.modules()]
+    grad = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        for child, training in modes:
+            child.training = training
+        torch.set_grad_enabled(grad)
+
+
+class LazySize:
+    """The batch size, inferred only when a value needs weighting."""
+
+    def __init__(self, batch: Mapping[str, Any], rule: BatchSize) -> None:
+        self._batch = batch
+        self._rule = rule
+        self._size: int | None = None
+
+    def __call__(self) -> int:
+        if self._size is None:
+            self._size = batch_size_of(self._batch, self._rule)
+        return self._size
+
+
+class StageLoop:
+    """Runs batches through a pipeline and aggregates their losses and metrics.
+
+    It builds the `Context` of every batch, moves batches to the device,
+    sums the weighted losses (checking TRAIN losses for NaN and inf),
+    records losses and metrics into an `EpochAggregate`, and keeps the
+    stateful metrics it has met so that each run starts them afresh.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        collector: Collector,
+        *,
+        batch_size: BatchSize,
+        device: torch.device | None,
+        progress: bool,
+        check_finite: bool,
+    ) -> None:
+        self.pipeline = pipeline
+        self.collector = collector
+        self.batch_size = batch_size
+        self.device = device
+        self.progress = progress
+        self.check_finite = check_finite
+        self._stateful = _discover_stateful(pipeline, collector.metric_nodes)
+
+    def run(
+        self, batch: Any, context: Context, aggregate: EpochAggregate | None = None
+    ) -> tuple[dict[str, Any], torch.Tensor | None, list[LossTerm]]:
+        """Run one batch; return its outputs, weighted total loss and loss terms."""
+        prepared = self.prepare(batch)
+        outputs = self.pipeline.forward(batch=prepared, context=context)
+        terms = self.collector.losses(outputs, context.stage)
+        total = self._total(terms, context)
+        if aggregate is not None:
+            self.record(aggregate, context.stage, batch, outputs, terms, total)
+        return outputs, total, terms
+
+    def record(
+        self,
+        aggregate: EpochAggregate,
+        stage: ExecutionStage,
+        batch: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        terms: list[LossTerm],
+        total: torch.Tensor | None,
+    ) -> None:
+        size = LazySize(batch, self.batch_size)
+        self.collector.record(aggregate, stage, outputs, terms, total, size)
+
+    def _total(self, terms: list[LossTerm], context: Context) -> torch.Tensor | None:
+        used = [term for term in terms if term.weight != 0]
+        if not used:
+            return torch.zeros(()) if terms else None
+        total = torch.stack([term.weight * term.value for term in used]).sum()
+        if self.check_finite and context.stage is TRAIN:
+            _check_finite(total, used, context)
+        return total
+
+    def evaluate(
+        self, stage: ExecutionStage, batches: Batches, epoch: int, global_step: int
+    ) -> dict[str, float]:
+        """Run every batch in ``stage``, eval mode, no grad; return epoch values."""
+        aggregate = EpochAggregate()
+        self.reset_stateful()
+        self.pipeline.eval()
+        count = 0
+        with torch.no_grad():
+            for batch_idx, batch in enumerate(self.bar(batches, stage.value)):
+                context = Context(stage, epoch, batch_idx, global_step)
+                self.run(batch, context, aggregate)
+                count += 1
+        if count == 0:
+            warnings.warn(
+                f"stage {stage.name} skipped: the {batches.role} batches are "
+                f"empty, so no {stage.value} values are reported",
+                CuvisDSLWarning,
+                stacklevel=4,
+            )
+            return {}
+        return self.finish(aggregate, stage)
+
+    def predict(
+        self,
+        batches: Batches,
+        epoch: int,
+        global_step: int,
+        outputs: str | Sequence[str] | None,
+    ) -> list[dict[str, Any]]:
+        """Every batch's outputs in INFERENCE, eval mode, no grad."""
+        results = []
+        self.pipeline.eval()
+        with torch.no_grad():
+            for batch_idx, batch in enumerate(self.bar(batches, "predict")):
+                context = Context(
+                    ExecutionStage.INFERENCE, epoch, batch_idx, global_step
+                )
+                results.append(
+                    self.pipeline.forward(
+                        batch=self.prepare(batch), context=context, outputs=outputs
+                    )
+                )
+        return results
+
+    def finish(
+        self, aggregate: EpochAggregate, stage: ExecutionStage
+    ) -> dict[str, float]:
+        """The epoch values; stateful metrics are computed, then reset."""
+        values = aggregate.compute()
+        aggregate.reset_stateful()
+        for metric in aggregate.stateful:
+            self._stateful.setdefault(id(metric), metric)
+        empty = aggregate.empty_keys()
+        if empty:
+            warnings.warn(
+                f"{quoted(empty)} saw zero samples in stage {stage.name} and "
+                f"are not reported",
+                CuvisDSLWarning,
+                stacklevel=4,
+            )
+        return values
+
+    def reset_stateful(self) -> None:
+        """Reset every stateful metric met so far, before a new run."""
+        for metric in self._stateful.values():
+            metric.reset()
+
+    def prepare(self, batch: Any) -> Any:
+        """Check that the batch is a dict; move its tensors to the device."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"a batch must be a dict of names to values, got "
+                f"{type(batch).__name__}.\n  Fix: make the dataset or collate "
+                f"function return dicts, e.g. {{'cube': x, 'label': y}}"
+            )
+        if self.device is None:
+            return batch
+        return _to_device(batch, self.device)
+
+    def bar(
+        self, iterable: Iterable[Any], label: str, sized: Any = None, start: int = 0
+    ) -> Iterable[Any]:
+        """``iterable`` with a progress bar, unless progress bars are off."""
+        if not self.progress:
+            return iterable
+        total = _length(sized if sized is not None else iterable)
+        return tqdm(
+            iterable,
+            desc=label,
+            total=None if total is None else total - start,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+
+def _check_finite(total: torch.Tensor, terms: list[LossTerm], context: Context) -> None:
+    if bool(torch.isfinite(total)):
+        return
+    bad = next((t for t in terms if not bool(torch.isfinite(t.value))), terms[0])
+    value = float(bad.value.detach())
+    raise NonFiniteLossError(
+        f"loss {bad.output!r} of node {bad.node!r} is {value} in stage TRAIN, "
+        f"epoch {context.epoch}, batch_idx {context.batch_idx}, global step "
+        f"{context.global_step}; training stopped before the optimiser step.\n"
+        f"  Fix: lower the learning rate, check the node's inputs for NaN, or "
+        f"pass Trainer(..., check_finite=False) to train on regardless",
+        node=bad.node,
+        output=bad.output,
+        epoch=context.epoch,
+        global_step=context.global_step,
+        value=value,
+    )
+
+
+def _discover_stateful(pipeline: Any, metric_nodes: Sequence[str]) -> dict[int, Any]:
+    found: dict[int, Any] = {}
+    for name in metric_nodes:
+        item = pipeline.nodes[name]
+        if not isinstance(item, torch.nn.Module):
+            continue
+        for child in item.modules():
+            if child is not item and is_stateful_metric(child):
+                found[id(child)] = child
+    return found
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_to_device(item, device) for item in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
+
+
+def _length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except TypeError:
+        return None

@@ -21,6 +21,7 @@ from cuvis_dsl import (
     Pipeline,
     PortSpec,
     StageSet,
+    WiringError,
     loss,
     node,
 )
@@ -350,3 +351,73 @@ def test_module_and_function_nodes_are_filtered_by_stage_alike(stages):
         for name, value in runs[0].items():
             assert torch.equal(runs[1][name], value)
             assert torch.equal(runs[2][name], value)
+
+
+def _rebinding_functions(stages: list[StageSet]) -> list:
+    @node(stages=stages[0], outputs="x")
+    def jitter(x: Tensor) -> Tensor:
+        return x * 10
+
+    @node(stages=stages[1], outputs="y")
+    def extract(x: Tensor) -> Tensor:
+        return x + 1
+
+    @node(stages=stages[2], outputs="z")
+    def head(y: Tensor) -> Tensor:
+        return y * 2
+
+    return [jitter, extract, head]
+
+
+class _Jitter(Node):
+    INPUT_SPECS = {"x": PortSpec()}
+    OUTPUT_SPECS = {"x": PortSpec()}
+
+    def forward(self, x, **_):
+        return {"x": x * 10}
+
+
+class _Extract(Node):
+    OUTPUT_SPECS = {"y": PortSpec()}
+
+    def forward(self, x, **_):
+        return {"y": x + 1}
+
+
+class _Head(Node):
+    OUTPUT_SPECS = {"z": PortSpec()}
+
+    def forward(self, y, **_):
+        return {"z": y * 2}
+
+
+def _rebinding_classes(stages: list[StageSet]) -> list:
+    return [
+        _Jitter(execution_stages=stages[0], name="jitter"),
+        _Extract(execution_stages=stages[1], name="extract"),
+        _Head(execution_stages=stages[2], name="head"),
+    ]
+
+
+def _outcome(build, stages: list[StageSet]) -> object:
+    """Per stage: the nodes run and the outputs, or the wiring problems."""
+    try:
+        pipe = Pipeline(build(stages))
+    except WiringError as error:
+        return sorted((p.kind, p.node, p.port, str(p.stages)) for p in error.problems)
+    batch = {"x": torch.ones(1)}
+    return {
+        stage: (
+            pipe.plan(stage, batch=batch).nodes,
+            {k: v.tolist() for k, v in pipe.forward(batch=batch, stage=stage).items()},
+        )
+        for stage in STAGES
+    }
+
+
+@settings(max_examples=30, deadline=None)
+@given(stages=st.lists(stage_sets, min_size=3, max_size=3))
+def test_rebinding_and_stage_gaps_behave_alike_for_both_forms(stages):
+    assert _outcome(_rebinding_functions, stages) == _outcome(
+        _rebinding_classes, stages
+    )

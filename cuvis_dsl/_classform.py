@@ -56,8 +56,8 @@ class Node(torch.nn.Module):
     ----------
     execution_stages
         The stages the node runs in (a set of `ExecutionStage`, a member,
-        ``TRAIN | VAL`` or ``"train|val"``). Defaults to ALWAYS (TRAIN|VAL|
-        TEST for `LossNode`, VAL|TEST for `MetricNode`).
+        ``TRAIN | VAL`` or ``"train|val"``). Defaults to ALWAYS; to
+        ``TRAIN|VAL|TEST`` for `LossNode` and ``VAL|TEST`` for `MetricNode`.
     name
         The node name; defaults to the class name in snake case. Module
         nodes are registered under it, so ``state_dict`` keys read
@@ -68,7 +68,9 @@ class Node(torch.nn.Module):
     INPUT_SPECS
         Optional mapping of input port name to `PortSpec`; ``[PortSpec]``
         marks a variadic (fan-in) port. A PortSpec whose dtype is a Python
-        type and whose shape is ``()`` describes a plain scalar.
+        type and whose shape is ``()`` describes a plain scalar. Every
+        ``forward`` parameter without a default must be listed; a listed
+        name ``forward`` does not take needs a trailing ``**_``.
     OUTPUT_SPECS
         Optional mapping of output name to `PortSpec`.
     TRAINABLE_BUFFERS

@@ -299,15 +299,20 @@ def _general_getter(entries: list[tuple[str, str, Any, Any]]) -> Callable[..., A
 
     A port left to its default is omitted; the positional ports after it
     are then passed by keyword (a positional-only one gets its default).
+    With ``*args``, positional ports always get a value (their default if
+    need be), since the values for ``*args`` would otherwise fill them.
     """
     positional: list[Any] = []
     keyword: list[tuple[str, Any]] = []
     star: Any = ()
     skipping = False
+    by_position = any(kind == "varargs" for kind, _, _, _ in entries)
     for kind, name, source, default in entries:
         if kind == "varargs":
             star = source
-        elif source is _MISSING and kind != "positional-only":
+        elif source is _MISSING and kind == "keyword":
+            skipping = True
+        elif source is _MISSING and kind == "positional" and not by_position:
             skipping = True
         elif kind == "keyword" or (skipping and kind == "positional"):
             keyword.append((name, source))

@@ -6,14 +6,15 @@ anomalies. The train split holds soil only; val and test add 15 % anomalies.
 
 The pipeline, and the stages its nodes run in::
 
-    augment     TRAIN           spectra -> spectra         brightness, noise
-    normalise   ALWAYS          spectra -> normalised      statistical
-    rx          ALWAYS          normalised -> whitened, rx_score   statistical
-    reference   TRAIN           whitened, rx_score, label -> (same)
-    head        ALWAYS          whitened, rx_score -> logits  statistical + learned
-    bce         TRAIN|VAL|TEST  logits, label -> bce
-    auroc, f1   VAL|TEST        logits, label -> epoch metrics
-    decide      INFERENCE       logits -> probability, is_anomaly
+    augment      TRAIN           spectra -> spectra         brightness, noise
+    normalise    ALWAYS          spectra -> normalised      statistical
+    rx_detector  ALWAYS          normalised -> whitened, rx_score   statistical
+    reference    TRAIN           whitened, rx_score, label -> (same names)
+    score_head   ALWAYS          whitened, rx_score -> logits   statistical, learned
+    bce          TRAIN|VAL|TEST  logits, label -> bce
+    epoch_auroc  VAL|TEST        logits, label -> auroc     stateful, whole run
+    epoch_f1     VAL|TEST        logits, label -> f1        stateful, whole run
+    decide       INFERENCE       logits -> probability, is_anomaly
 
 ``augment`` and ``reference`` *rebind* the names they read: in TRAIN every
 consumer sees their output, in the other stages the original values.

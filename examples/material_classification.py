@@ -7,14 +7,14 @@ spectra each, split 60/20/20 per class.
 
 The pipeline, and the stages its nodes run in::
 
-    augment         TRAIN           spectra -> spectra        brightness, noise
-    split_brightness ALWAYS         spectra -> shape, brightness
-    standardise     ALWAYS          shape, brightness -> features   statistical
-    classifier      ALWAYS          features -> logits        learned (dropout)
-    cross_entropy   TRAIN|VAL|TEST  logits, label -> cross_entropy
-    accuracy        VAL|TEST        logits, label -> Metric (sample-weighted)
-    macro_f1        VAL|TEST        logits, label -> epoch metric (stateful)
-    decide          INFERENCE       logits -> predicted, confidence
+    augment           TRAIN           spectra -> spectra      brightness, noise
+    split_brightness  ALWAYS          spectra -> shape, brightness
+    standardise       ALWAYS          shape, brightness -> features  statistical
+    classifier        ALWAYS          features -> logits      learned (dropout)
+    cross_entropy     TRAIN|VAL|TEST  logits, label -> cross_entropy
+    accuracy          VAL|TEST        logits, label -> Metric (sample-weighted)
+    macro_f1          VAL|TEST        logits, label -> macro_f1  stateful
+    decide            INFERENCE       logits -> predicted, confidence
 
 Materials differ more in the *shape* of their spectra than in brightness,
 which depends on illumination and grain size, so the spectrum is split into

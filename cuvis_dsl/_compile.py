@@ -52,6 +52,7 @@ class StepInfo:
     inputs: tuple[tuple[str, Any], ...]
     input_checks: tuple[PortCheck, ...]
     output_checks: tuple[PortCheck, ...]
+    outputs: tuple[tuple[str, int], ...]
 
 
 @attrs.frozen(eq=False)
@@ -71,8 +72,13 @@ class Program:
         return tuple(key for key, _ in self.batch_slots)
 
     def run(
-        self, batch: Mapping[str, Any], context: Context, checks: bool
+        self,
+        batch: Mapping[str, Any],
+        context: Context,
+        checks: bool,
+        by_node: bool = False,
     ) -> dict[str, Any]:
+        """Run the steps; outputs by name, or by node and output when ``by_node``."""
         vals: list[Any] = [None] * self.size
         vals[CONTEXT_SLOT] = context
         for key, slot in self.batch_slots:
@@ -104,6 +110,8 @@ class Program:
         except Exception as exc:
             self._annotate(exc, index, vals, context)
             raise
+        if by_node:
+            return self._by_node(vals, extras)
         return self._collect(vals, extras)
 
     def _check(
@@ -142,10 +150,34 @@ class Program:
         for name, where in self.results:
             out[name] = vals[where] if type(where) is int else [vals[s] for s in where]
         if extras:
-            for key, value in extras.items():
-                if self.extras is None or key in self.extras:
-                    out.setdefault(key, value)
+            self._merge_undeclared(out, extras)
         return out
+
+    def _merge_undeclared(self, out: dict[str, Any], extras: dict[str, Any]) -> None:
+        """Add undeclared outputs; one key from several nodes becomes a list.
+
+        The list follows node names, like a fan-in port, and starts with the
+        declared value when a declared output has the same name.
+        """
+        gathered: dict[str, list[Any]] = {}
+        for node in sorted(extras):
+            for key, value in extras[node].items():
+                if self.extras is None or key in self.extras:
+                    gathered.setdefault(key, []).append(value)
+        for key, values in gathered.items():
+            if key in out:
+                values.insert(0, out[key])
+            out[key] = values[0] if len(values) == 1 else values
+
+    def _by_node(
+        self, vals: list[Any], extras: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        result = {
+            info.node: {n: vals[s] for n, s in info.outputs} for info in self.infos
+        }
+        for node, values in extras.items():
+            result[node] = dict(values)
+        return result
 
 
 def add_note(exc: BaseException, note: str) -> None:
@@ -394,7 +426,7 @@ def _undeclared_handler(
             raise _shape_error(
                 spec.name, (), f"returned {summarize(result)}, not a dict"
             )
-        extras.update(result)
+        extras[spec.name] = result
 
     return post
 
@@ -438,6 +470,9 @@ def _info(
         inputs=tuple(inputs),
         input_checks=tuple(checks),
         output_checks=tuple(output_checks),
+        outputs=tuple(
+            (port.name, slots.of_output(spec.name, port.name)) for port in spec.outputs
+        ),
     )
 
 

@@ -142,19 +142,57 @@ class Pipeline(torch.nn.Module):
         """
         context = _context(context, stage)
         batch = {} if batch is None else batch
+        plan = self._cached_plan(batch, context, outputs)
+        return plan.program.run(
+            batch, context, self.checks if checks is None else checks
+        )
+
+    def forward_by_node(
+        self,
+        batch: Mapping[str, Any] | None = None,
+        context: Context | None = None,
+        stage: ExecutionStage | str | None = None,
+        outputs: str | Sequence[str] | None = None,
+        checks: bool | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Run like `forward`, but return each executed node's own outputs.
+
+        Useful when several nodes publish the same name (fan-in, undeclared
+        class-form outputs) and the caller must know which value came from
+        which node, as the trainer does for losses and metrics.
+
+        Examples
+        --------
+        >>> @node(outputs="part")
+        ... def a(x: int) -> int:
+        ...     return x + 1
+        >>> b = node(a, name="b")
+        >>> Pipeline([a, b]).forward_by_node(batch={"x": 1}, stage="val")
+        {'a': {'part': 2}, 'b': {'part': 2}}
+        """
+        context = _context(context, stage)
+        batch = {} if batch is None else batch
+        plan = self._cached_plan(batch, context, outputs)
+        return plan.program.run(  # type: ignore[return-value]
+            batch, context, self.checks if checks is None else checks, by_node=True
+        )
+
+    def _cached_plan(
+        self,
+        batch: Mapping[str, Any],
+        context: Context,
+        outputs: str | Sequence[str] | None,
+    ) -> Plan:
         if not isinstance(batch, Mapping):
             raise TypeError(
                 f"batch must be a mapping of names to values, got "
                 f"{type(batch).__name__}; pass batch={{'x': value}}"
             )
-        wanted = _outputs(outputs)
-        key = (context.stage, wanted, frozenset(batch))
+        key = (context.stage, _outputs(outputs), frozenset(batch))
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans.setdefault(key, self._make_plan(*key))
-        return plan.program.run(
-            batch, context, self.checks if checks is None else checks
-        )
+        return plan
 
     def _make_plan(
         self, stage: ExecutionStage, outputs: tuple[str, ...] | None, keys: frozenset

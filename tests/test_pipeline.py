@@ -11,6 +11,7 @@ from torch import Tensor
 
 from cuvis_dsl import (
     Context,
+    LossNode,
     ExecutionStage,
     MissingInputError,
     Pipeline,
@@ -492,3 +493,43 @@ def test_note_of_a_fan_in_node_summarises_the_list():
     with pytest.raises(ZeroDivisionError) as info:
         Pipeline([*parts, boom]).forward(stage="val")
     assert "part=list[0, 1] (len 2)" in info.value.__notes__[0]
+
+
+class _FirstLoss(LossNode):
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"loss": x.sum()}
+
+
+class _SecondLoss(LossNode):
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"loss": 2 * x.sum()}
+
+
+def test_same_undeclared_key_from_two_nodes_keeps_both_values():
+    pipe = Pipeline([_SecondLoss(), _FirstLoss()])
+    out = pipe.forward(batch={"x": torch.ones(2)}, stage="val")
+    # Gathered like a fan-in: ordered by node name, first_loss before second_loss.
+    assert [float(v) for v in out["loss"]] == [2.0, 4.0]
+
+
+def test_forward_by_node_attributes_each_value_to_its_node():
+    pipe = Pipeline([_SecondLoss(), _FirstLoss()])
+    by_node = pipe.forward_by_node(batch={"x": torch.ones(2)}, stage="val")
+    assert set(by_node) == {"first_loss", "second_loss"}
+    assert float(by_node["first_loss"]["loss"]) == 2.0
+    assert float(by_node["second_loss"]["loss"]) == 4.0
+
+
+def test_forward_by_node_lists_only_executed_nodes():
+    @node(stages="train")
+    def only_train(x: int) -> int:
+        return x
+
+    @node
+    def always(x: int) -> int:
+        return x + 1
+
+    by_node = Pipeline([only_train, always]).forward_by_node(
+        batch={"x": 1}, stage="inference"
+    )
+    assert by_node == {"always": {"always": 2}}

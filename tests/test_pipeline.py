@@ -11,8 +11,8 @@ from torch import Tensor
 
 from cuvis_dsl import (
     Context,
-    LossNode,
     ExecutionStage,
+    LossNode,
     MissingInputError,
     Pipeline,
     PortSpec,
@@ -495,25 +495,25 @@ def test_note_of_a_fan_in_node_summarises_the_list():
     assert "part=list[0, 1] (len 2)" in info.value.__notes__[0]
 
 
-class _FirstLoss(LossNode):
+class FirstLoss(LossNode):
     def forward(self, x: torch.Tensor) -> dict:
         return {"loss": x.sum()}
 
 
-class _SecondLoss(LossNode):
+class SecondLoss(LossNode):
     def forward(self, x: torch.Tensor) -> dict:
         return {"loss": 2 * x.sum()}
 
 
 def test_same_undeclared_key_from_two_nodes_keeps_both_values():
-    pipe = Pipeline([_SecondLoss(), _FirstLoss()])
+    pipe = Pipeline([SecondLoss(), FirstLoss()])
     out = pipe.forward(batch={"x": torch.ones(2)}, stage="val")
     # Gathered like a fan-in: ordered by node name, first_loss before second_loss.
     assert [float(v) for v in out["loss"]] == [2.0, 4.0]
 
 
 def test_forward_by_node_attributes_each_value_to_its_node():
-    pipe = Pipeline([_SecondLoss(), _FirstLoss()])
+    pipe = Pipeline([SecondLoss(), FirstLoss()])
     by_node = pipe.forward_by_node(batch={"x": torch.ones(2)}, stage="val")
     assert set(by_node) == {"first_loss", "second_loss"}
     assert float(by_node["first_loss"]["loss"]) == 2.0

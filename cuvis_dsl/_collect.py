@@ -140,7 +140,8 @@ class Collector:
         """Add one batch's losses and metrics to the epoch's aggregate."""
         seen: dict[str, str] = {}
         if total is not None:
-            _add(aggregate, seen, log_key(stage, "loss"), total.detach(), size(), "")
+            value = total.detach().to(torch.float64)
+            _add(aggregate, seen, log_key(stage, "loss"), value, size(), "")
         for term in terms:
             value = term.value.detach().to(torch.float64)
             _add(aggregate, seen, term.key, value, size(), term.node)

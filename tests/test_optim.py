@@ -1,0 +1,48 @@
+"""Resolving the trainer's optimiser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cuvis_dsl._optim import check_optimizer_source, resolve_optimizer
+
+
+def test_callable_gets_only_parameters_that_require_grad():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    net[0].requires_grad_(False)
+    received: list[int] = []
+
+    def build(params):
+        received.append(len(params))
+        return torch.optim.SGD(params, lr=0.1)
+
+    optimizer = resolve_optimizer(build, net)
+
+    assert received == [2] and isinstance(optimizer, torch.optim.SGD)
+
+
+def test_none_is_fine_when_nothing_is_trainable():
+    net = nn.Linear(2, 2).requires_grad_(False)
+
+    assert resolve_optimizer(None, net) is None
+
+
+def test_an_optimizer_but_nothing_trainable_is_an_error():
+    net = nn.Linear(2, 2).requires_grad_(False)
+
+    with pytest.raises(ValueError, match="no parameter of the pipeline requires grad"):
+        resolve_optimizer(lambda params: torch.optim.SGD(params, lr=1), net)
+
+
+def test_callable_must_return_an_optimizer():
+    with pytest.raises(TypeError, match="returned list"):
+        resolve_optimizer(lambda params: list(params), nn.Linear(2, 2))
+
+
+def test_source_must_be_an_optimizer_a_callable_or_none():
+    check_optimizer_source(None)
+    check_optimizer_source(lambda params: None)
+    with pytest.raises(TypeError, match="Fix: optimizer=lambda params"):
+        check_optimizer_source(0.1)

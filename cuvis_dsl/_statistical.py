@@ -150,6 +150,21 @@ class InputStream:
     items from the batches (so a node may make several passes, when the
     batches can be iterated several times). ``len(stream)`` is the number
     of batches when the source knows it.
+
+    Examples
+    --------
+    >>> @node(outputs="x")
+    ... class Peek(torch.nn.Module):
+    ...     def statistical_initialization(self, stream):
+    ...         self.seen = [sorted(item) for item in stream], len(stream)
+    ...     def forward(self, x: torch.Tensor) -> torch.Tensor:
+    ...         return x
+    >>> peek = Peek()
+    >>> trainer = Trainer(Pipeline([peek]), progress=False)
+    >>> trainer.statistical_initialization([{"x": torch.ones(2)}] * 2)
+    ['peek']
+    >>> peek.seen
+    ([['x'], ['x']], 2)
     """
 
     def __init__(

@@ -25,7 +25,6 @@ from ._loop import StageLoop, preserved_modes
 from ._optim import (
     OptimizerLike,
     check_optimizer_source,
-    is_optimizer,
     resolve_optimizer,
 )
 from ._stages import ExecutionStage, as_stage
@@ -172,7 +171,9 @@ class Trainer:
         self.history = History()
         self.should_stop = False
         self._optimizer_source = optimizer
-        self._optimizer = optimizer if is_optimizer(optimizer) else None
+        self._optimizer: torch.optim.Optimizer | None = (
+            optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+        )
         self._next_batch = 0
         self._epoch_rng: dict[str, Any] | None = None
         self._train_aggregate: EpochAggregate | None = None
@@ -275,6 +276,22 @@ class Trainer:
             counters, history, callbacks and random states are restored, and
             training continues where it stopped (at the next batch of a
             checkpoint taken mid-epoch), up to ``max_epochs``.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> @loss
+        ... def gap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ...     return (x - y).abs().mean()
+        >>> batches = [{"x": torch.zeros(2), "y": torch.ones(2)}]
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> first = Trainer(Pipeline([gap]), max_epochs=2, checkpoint_dir=folder,
+        ...                 progress=False)
+        >>> first.fit(batches).epochs
+        [0, 1]
+        >>> later = Trainer(Pipeline([gap]), max_epochs=3, progress=False)
+        >>> later.fit(batches, resume_from=folder / "last.pt").epochs
+        [0, 1, 2]
         """
         batches = Batches(train, "train")
         val_batches = None if val is None else Batches(val, "val")
@@ -403,13 +420,37 @@ class Trainer:
         """Run ``batches`` in stage VAL; return the epoch values by key.
 
         Runs in eval mode without gradients; the context carries the
-        trainer's ``epoch`` and ``global_step``. Empty batches give ``{}``
-        and a warning.
+        trainer's ``epoch`` and ``global_step``. Values are means over the
+        samples, not over the batches. Empty batches give ``{}`` and a
+        warning.
+
+        Examples
+        --------
+        >>> @metric
+        ... def mae(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ...     return (x - y).abs().mean()
+        >>> trainer = Trainer(Pipeline([mae]), progress=False)
+        >>> trainer.validate([
+        ...     {"x": torch.zeros(3), "y": torch.ones(3)},
+        ...     {"x": torch.zeros(1), "y": torch.full((1,), 5.0)},
+        ... ])
+        {'val/mae': 2.0}
         """
         return self._evaluate_call(VAL, batches)
 
     def test(self, batches: Iterable[Any]) -> dict[str, float]:
-        """Run ``batches`` in stage TEST; return the epoch values by key."""
+        """Run ``batches`` in stage TEST; return the epoch values by key.
+
+        The same as `validate`, in stage TEST.
+
+        Examples
+        --------
+        >>> @metric
+        ... def hits(x: torch.Tensor) -> torch.Tensor:
+        ...     return (x > 0).float().mean()
+        >>> Trainer(Pipeline([hits]), progress=False).test([{"x": torch.ones(4)}])
+        {'test/hits': 1.0}
+        """
         return self._evaluate_call(TEST, batches)
 
     def _evaluate_call(
@@ -427,6 +468,15 @@ class Trainer:
 
         Runs in eval mode without gradients. ``outputs`` restricts the run
         to the nodes those names need, as in `Pipeline.forward`.
+
+        Examples
+        --------
+        >>> @node(stages="inference")
+        ... def decision(x: torch.Tensor) -> torch.Tensor:
+        ...     return x > 0
+        >>> trainer = Trainer(Pipeline([decision]), progress=False)
+        >>> trainer.predict([{"x": torch.tensor([-1.0, 2.0])}])
+        [{'decision': tensor([False,  True])}]
         """
         source = Batches(batches, "inference")
         self._warn_uninitialised(INFERENCE)
@@ -469,6 +519,15 @@ class Trainer:
         ``torch.load(path, weights_only=True)``. Taken in the middle of an
         epoch, it also holds the position in that epoch, and resuming
         continues with the next batch.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> trainer = Trainer(Pipeline([]), progress=False)
+        >>> path = trainer.save_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "a.pt")
+        >>> state = torch.load(path, weights_only=True)
+        >>> state["epoch"], state["batch_idx"], state["global_step"]
+        (0, 0, 0)
         """
         mid_epoch = self._next_batch > 0 and self._train_aggregate is not None
         if mid_epoch and self._train_aggregate.stateful:  # type: ignore[union-attr]
@@ -514,13 +573,28 @@ class Trainer:
         Use this to evaluate a saved state; to continue training, pass the
         path to ``fit(..., resume_from=path)``, which also restores the
         random states and the position inside an epoch.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> @loss
+        ... def gap(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ...     return (x - y).abs().mean()
+        >>> trained = Trainer(Pipeline([gap]), max_epochs=2, progress=False)
+        >>> _ = trained.fit([{"x": torch.zeros(2), "y": torch.ones(2)}])
+        >>> path = trained.save_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "a.pt")
+        >>> fresh = Trainer(Pipeline([gap]), progress=False)
+        >>> fresh.load_checkpoint(path)
+        >>> fresh.epoch, fresh.history["train/gap"]
+        (2, [1.0, 1.0])
         """
         checkpoint = read_checkpoint(path)
         with preserved_modes(self.pipeline):
             self._load(checkpoint, path)
         if checkpoint["optimizer"] is not None and self._optimizer_source is not None:
             self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
-            self._optimizer.load_state_dict(checkpoint["optimizer"])
+            if self._optimizer is not None:
+                self._optimizer.load_state_dict(checkpoint["optimizer"])
 
     def _load(self, checkpoint: Mapping[str, Any], path: Any) -> None:
         self.pipeline.load_state_dict(checkpoint["pipeline"])
@@ -580,7 +654,7 @@ def _check_count(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _needs_fit(item: object) -> bool:
+def _needs_fit(item: Any) -> bool:
     return is_statistical(item) and not is_initialized(item)
 
 

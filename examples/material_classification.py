@@ -238,6 +238,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=60, help="epochs of phase 2")
     parser.add_argument("--seed", type=int, default=0, help="seed of splits and model")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; the matrices are small, so one is fastest",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="hide the progress bars"
     )
     return parser.parse_args(argv)
@@ -291,6 +297,15 @@ def plot_confusion(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run both training phases and inference; print and return the results."""
     args = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     splits, names = classification_splits(

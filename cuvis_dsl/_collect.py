@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,8 @@ from ._spec import NodeSpec
 from ._stages import ExecutionStage
 
 __all__ = ["Collector", "LossTerm", "metric_entries"]
+
+ROLES = ("loss", "metric", "node")
 
 
 def metric_entries(
@@ -69,34 +72,51 @@ class LossTerm:
 class Collector:
     """Reads the loss and metric values out of a pipeline run's outputs.
 
-    Losses are the outputs of loss-role nodes, metrics those of metric-role
-    nodes (`NodeSpec.role`). A value is logged under ``"<stage>/<output>"``;
-    when several nodes produce the same output name (fan-in), or the output
-    is called ``loss`` (the name of the weighted total), under
-    ``"<stage>/<node>"`` instead. Metric objects bring their own names.
+    Losses are the outputs of loss-role nodes; metrics are the outputs of
+    metric-role nodes, and any `Metric` (or list of them) that another
+    node returns, as the cuvis.ai pattern of a plain ``Node`` reporting
+    ``{"metrics": [Metric(...)]}`` does. The values of a node whose
+    outputs are undeclared are read from what it returns (``captured``).
+
+    A value is logged under ``"<stage>/<output>"``; when several nodes
+    produce the same output name (fan-in), or the output is called
+    ``loss`` (the name of the weighted total), under ``"<stage>/<node>"``
+    instead. Metric objects bring their own names.
     """
 
     def __init__(
         self, specs: Mapping[str, NodeSpec], loss_weights: Mapping[str, float]
     ) -> None:
         self._specs = specs
-        self._losses = _producers(specs, "loss")
-        self._metrics = _producers(specs, "metric")
-        self._weights = _checked_weights(loss_weights, self._losses)
+        self._tables = {role: _producers(specs, role) for role in ROLES}
+        self.undeclared = tuple(
+            sorted(name for name, spec in specs.items() if spec.returns == "undeclared")
+        )
+        loss_nodes = {n for n in self.undeclared if specs[n].role == "loss"}
+        self._weights = _checked_weights(loss_weights, self._tables["loss"], loss_nodes)
 
     @property
     def loss_nodes(self) -> tuple[str, ...]:
-        return tuple(sorted({n for nodes in self._losses.values() for n in nodes}))
+        return self._nodes("loss")
 
     @property
     def metric_nodes(self) -> tuple[str, ...]:
-        return tuple(sorted({n for nodes in self._metrics.values() for n in nodes}))
+        return self._nodes("metric")
+
+    def _nodes(self, role: str) -> tuple[str, ...]:
+        declared = {n for nodes in self._tables[role].values() for n in nodes}
+        hidden = {n for n in self.undeclared if self._specs[n].role == role}
+        return tuple(sorted(declared | hidden))
 
     def _sources(
-        self, table: dict[str, tuple[str, ...]], outputs: Mapping[str, Any], stage: Any
+        self,
+        role: str,
+        outputs: Mapping[str, Any],
+        stage: ExecutionStage,
+        captured: Mapping[str, Any],
     ) -> Iterator[tuple[str, str, Any, bool]]:
-        """``(node, output, value, shared)`` for every value a run produced."""
-        for output, nodes in table.items():
+        """``(node, output, value, shared)`` for every value of ``role``."""
+        for output, nodes in self._tables[role].items():
             if output not in outputs:
                 continue
             running = [n for n in nodes if stage in self._specs[n].stages]
@@ -107,13 +127,23 @@ class Collector:
                     yield node, output, item, True
             elif running:
                 yield running[0], output, value, shared
+        for node in self.undeclared:
+            returned = captured.get(node)
+            if self._specs[node].role == role and isinstance(returned, Mapping):
+                for output, value in returned.items():
+                    yield node, str(output), value, False
 
     def losses(
-        self, outputs: Mapping[str, Any], stage: ExecutionStage
+        self,
+        outputs: Mapping[str, Any],
+        stage: ExecutionStage,
+        captured: Mapping[str, Any] | None = None,
     ) -> list[LossTerm]:
         """The loss values of one run, each checked to be a scalar."""
         terms = []
-        for node, output, value, shared in self._sources(self._losses, outputs, stage):
+        for node, output, value, shared in self._sources(
+            "loss", outputs, stage, captured or {}
+        ):
             if value is None:
                 continue
             name = node if shared or output == "loss" else output
@@ -136,6 +166,7 @@ class Collector:
         terms: list[LossTerm],
         total: torch.Tensor | None,
         size: Callable[[], int],
+        captured: Mapping[str, Any] | None = None,
     ) -> None:
         """Add one batch's losses and metrics to the epoch's aggregate."""
         seen: dict[str, str] = {}
@@ -145,7 +176,14 @@ class Collector:
         for term in terms:
             value = term.value.detach().to(torch.float64)
             _add(aggregate, seen, term.key, value, size(), term.node)
-        for node, output, value, shared in self._sources(self._metrics, outputs, stage):
+        captured = captured or {}
+        metrics = self._sources("metric", outputs, stage, captured)
+        others = (
+            source
+            for source in self._sources("node", outputs, stage, captured)
+            if _holds_metrics(source[2])
+        )
+        for node, output, value, shared in itertools.chain(metrics, others):
             label = node if shared else output
             if is_stateful_metric(value):
                 aggregate.add_stateful(log_key(stage, label), value, node)
@@ -153,6 +191,16 @@ class Collector:
             for name, scalar, weight in metric_entries(label, value, node):
                 count = size() if weight is None else weight
                 _add(aggregate, seen, log_key(stage, name), scalar, count, node)
+
+
+def _holds_metrics(value: Any) -> bool:
+    if isinstance(value, Metric):
+        return True
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(item, Metric) for item in value)
+    )
 
 
 def _add(
@@ -181,24 +229,28 @@ def _producers(specs: Mapping[str, NodeSpec], role: str) -> dict[str, tuple[str,
     table: dict[str, list[str]] = {}
     for name in sorted(specs):
         spec = specs[name]
-        if spec.role != role:
+        if spec.role != role or spec.returns == "undeclared":
             continue
-        for output in spec.output_names or spec.undeclared:
+        for output in spec.output_names:
             table.setdefault(output, []).append(name)
     return {output: tuple(nodes) for output, nodes in table.items()}
 
 
 def _checked_weights(
-    weights: Mapping[str, float], losses: dict[str, tuple[str, ...]]
+    weights: Mapping[str, float],
+    losses: dict[str, tuple[str, ...]],
+    undeclared: set[str],
 ) -> dict[str, float]:
     known = set(losses) | {node for nodes in losses.values() for node in nodes}
+    known |= undeclared
     for key, weight in weights.items():
         if key not in known:
             raise ValueError(
                 f"loss_weights names {key!r}, which is neither a loss output nor "
                 f"a loss node.{did_you_mean(key, known)} Loss outputs: "
                 f"{quoted(losses) if losses else '(none)'}.\n  Fix: key the "
-                f"weights by loss output name"
+                f"weights by loss output name (by node name for a node whose "
+                f"outputs are undeclared)"
             )
         if not isinstance(weight, numbers.Real) or not math.isfinite(weight):
             raise ValueError(

@@ -9,10 +9,12 @@ puts every module's mode and the grad mode back afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 import torch
 from tqdm import tqdm
 
@@ -23,7 +25,7 @@ from ._errors import CuvisDSLWarning, quoted
 from ._stages import ExecutionStage
 from ._statistical import Batches
 
-__all__ = ["NonFiniteLossError", "StageLoop", "preserved_modes"]
+__all__ = ["BatchRun", "NonFiniteLossError", "StageLoop", "preserved_modes"]
 
 TRAIN = ExecutionStage.TRAIN
 
@@ -87,6 +89,33 @@ def preserved_modes(module: torch.nn.Module) -> Iterator[None]:
         torch.set_grad_enabled(grad)
 
 
+@contextlib.contextmanager
+def captured_returns(pipeline: Any, names: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """What the named module nodes return while the block runs, by node name.
+
+    Nodes whose outputs are undeclared publish whatever keys they return;
+    a forward hook is the one place that sees which node returned which.
+    """
+    captured: dict[str, Any] = {}
+    handles = []
+    for name in names:
+        item = pipeline.nodes[name]
+        if isinstance(item, torch.nn.Module):
+            keep = functools.partial(_keep_return, captured, name)
+            handles.append(item.register_forward_hook(keep))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _keep_return(
+    captured: dict[str, Any], name: str, module: Any, args: Any, result: Any
+) -> None:
+    captured[name] = result
+
+
 class LazySize:
     """The batch size, inferred only when a value needs weighting."""
 
@@ -99,6 +128,18 @@ class LazySize:
         if self._size is None:
             self._size = batch_size_of(self._batch, self._rule)
         return self._size
+
+
+@attrs.frozen
+class BatchRun:
+    """One batch's run: its outputs, the loss terms and their weighted total."""
+
+    stage: ExecutionStage
+    batch: Mapping[str, Any]
+    outputs: dict[str, Any]
+    captured: dict[str, Any]
+    terms: list[LossTerm]
+    total: torch.Tensor | None
 
 
 class StageLoop:
@@ -130,27 +171,29 @@ class StageLoop:
 
     def run(
         self, batch: Any, context: Context, aggregate: EpochAggregate | None = None
-    ) -> tuple[dict[str, Any], torch.Tensor | None, list[LossTerm]]:
-        """Run one batch; return its outputs, weighted total loss and loss terms."""
+    ) -> BatchRun:
+        """Run one batch and sum its weighted losses; record them if asked."""
         prepared = self.prepare(batch)
-        outputs = self.pipeline.forward(batch=prepared, context=context)
-        terms = self.collector.losses(outputs, context.stage)
+        with captured_returns(self.pipeline, self.collector.undeclared) as captured:
+            outputs = self.pipeline.forward(batch=prepared, context=context)
+        terms = self.collector.losses(outputs, context.stage, captured)
         total = self._total(terms, context)
+        result = BatchRun(context.stage, batch, outputs, captured, terms, total)
         if aggregate is not None:
-            self.record(aggregate, context.stage, batch, outputs, terms, total)
-        return outputs, total, terms
+            self.record(aggregate, result)
+        return result
 
-    def record(
-        self,
-        aggregate: EpochAggregate,
-        stage: ExecutionStage,
-        batch: Mapping[str, Any],
-        outputs: Mapping[str, Any],
-        terms: list[LossTerm],
-        total: torch.Tensor | None,
-    ) -> None:
-        size = LazySize(batch, self.batch_size)
-        self.collector.record(aggregate, stage, outputs, terms, total, size)
+    def record(self, aggregate: EpochAggregate, run: BatchRun) -> None:
+        """Add a batch's losses and metrics to the epoch's aggregate."""
+        self.collector.record(
+            aggregate,
+            run.stage,
+            run.outputs,
+            run.terms,
+            run.total,
+            LazySize(run.batch, self.batch_size),
+            run.captured,
+        )
 
     def _total(self, terms: list[LossTerm], context: Context) -> torch.Tensor | None:
         used = [term for term in terms if term.weight != 0]

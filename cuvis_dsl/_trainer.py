@@ -68,6 +68,12 @@ class Trainer:
     ``reset``, such as torchmetrics metrics) returned by a metric node are
     computed once over the whole epoch and reset.
 
+    Values are keyed ``"<stage>/<name>"``: ``"train/loss"`` is the weighted
+    total, each loss output appears unweighted under its own name (under
+    its node's name when it is called ``loss`` or shared by several
+    nodes), and each metric under its output name or `Metric.name`. A
+    `Metric` (or list of them) returned by any node counts as a metric.
+
     Whenever a trainer call returns or raises, every module's train/eval
     mode and the grad mode are those from before the call.
 
@@ -386,11 +392,11 @@ class Trainer:
         self, batch: Any, batch_idx: int, aggregate: EpochAggregate
     ) -> dict[str, Any]:
         context = Context(TRAIN, self.epoch, batch_idx, self.global_step)
-        outputs, total, terms = self._loop.run(batch, context)
+        run = self._loop.run(batch, context)
         if self._optimizer is not None:
-            self._step(total, [term.node for term in terms])
-        self._loop.record(aggregate, TRAIN, batch, outputs, terms, total)
-        return outputs
+            self._step(run.total, [term.node for term in run.terms])
+        self._loop.record(aggregate, run)
+        return run.outputs
 
     def _step(self, total: torch.Tensor | None, nodes: list[str]) -> None:
         optimizer = self._optimizer

@@ -51,9 +51,8 @@ def loop(weights=None, **options) -> StageLoop:
 def test_total_is_the_weighted_sum_of_the_loss_terms():
     batch = {"x": torch.tensor([1.0, 3.0])}
 
-    _, total, terms = loop({"first": 0.5, "second": 2.0}).run(
-        batch, Context(stage="val")
-    )
+    run = loop({"first": 0.5, "second": 2.0}).run(batch, Context(stage="val"))
+    total, terms = run.total, run.terms
 
     assert total.item() == 0.5 * 2.0 + 2.0 * 3.0
     assert [(t.key, t.value.item()) for t in terms] == [
@@ -77,9 +76,9 @@ def test_a_zero_weight_loss_is_left_out_of_the_total_even_when_nan():
         check_finite=True,
     )
 
-    _, total, _ = stage_loop.run({"x": torch.ones(2)}, Context(stage="train"))
+    run = stage_loop.run({"x": torch.ones(2)}, Context(stage="train"))
 
-    assert total.item() == 1.0
+    assert run.total.item() == 1.0
 
 
 def test_non_finite_train_loss_names_the_first_bad_loss():
@@ -96,9 +95,9 @@ def test_non_finite_train_loss_names_the_first_bad_loss():
 
 
 def test_non_finite_losses_outside_train_are_recorded_not_raised():
-    _, total, _ = loop().run({"x": torch.tensor([float("nan")])}, Context(stage="val"))
+    run = loop().run({"x": torch.tensor([float("nan")])}, Context(stage="val"))
 
-    assert total.isnan()
+    assert run.total.isnan()
 
 
 def test_evaluate_counts_batches_and_predict_returns_requested_outputs():

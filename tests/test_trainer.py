@@ -16,9 +16,12 @@ from cuvis_dsl import (
     Context,
     CuvisDSLWarning,
     EarlyStopping,
+    LossNode,
     Metric,
+    Node,
     NonFiniteLossError,
     Pipeline,
+    PortSpec,
     Trainer,
     loss,
     metric,
@@ -666,3 +669,52 @@ def test_two_phase_example_runs_and_prints_its_history(capsys):
     ]
     assert out[header + 1].split()[0] == "0"
     assert out[-1].startswith("test: test/loss=")
+
+
+# Class-form nodes whose outputs are undeclared
+
+
+class Model(Node):
+    OUTPUT_SPECS = {"predictions": PortSpec(dtype=torch.float32, shape=(-1,))}  # noqa: RUF012
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.weight = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, data, **_):
+        return {"predictions": self.weight * data}
+
+
+class AbsLoss(LossNode):
+    def forward(self, predictions, targets, **_):
+        return {"loss": (predictions - targets).abs().mean()}
+
+
+class Report(Node):
+    """The cuvis.ai pattern: a plain Node reporting Metric objects."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(execution_stages={"val", "test"}, **kwargs)
+
+    def forward(self, predictions, targets, context, **_):
+        gap = (predictions - targets).abs().max()
+        return {"metrics": [Metric(name="max_gap", value=gap, stage=context.stage)]}
+
+
+def test_undeclared_class_form_losses_and_metric_objects_are_collected():
+    model, report = Model(), Report()
+    trainer = Trainer(
+        Pipeline([model, AbsLoss(), report]),
+        sgd(0.1),
+        loss_weights={"abs_loss": 2.0},
+        progress=False,
+    )
+    batches = [{"data": torch.ones(4), "targets": torch.full((4,), 2.0)}]
+
+    before = trainer.validate(batches)
+    trainer.fit(batches)
+
+    assert before == {"val/loss": 3.0, "val/abs_loss": 1.5, "val/max_gap": 1.5}
+    # d(2 * |w - 2|)/dw = -2 at w = 0.5; one step of 0.1 moves w to 0.7
+    assert model.weight.item() == pytest.approx(0.7)
+    assert not model._forward_hooks and not report._forward_hooks

@@ -31,10 +31,11 @@ needs a second class; it comes from a *reference distribution*. In TRAIN,
 Gaussian in the whitened coordinates with its spread inflated by 1.2-2x,
 labelled 1. A classifier between data and a known reference distribution
 estimates their density ratio, which is an anomaly score: where the soil
-spectra follow the Gaussian, it orders samples like RX; where they do not
-(soil is not Gaussian), it learns the real shape of the background. Unlike
-hand-made pseudo-anomalies (spectra mixed with flat or bumpy curves), this
-assumes nothing about what anomalies look like. The head is RX plus a small
+spectra follow the Gaussian, it orders samples like RX; where they do not,
+it learns the real shape of the background. Unlike hand-made
+pseudo-anomalies (spectra mixed with flat or bumpy curves, which trained
+heads worse than RX alone on this data), this assumes nothing about what
+anomalies look like. The head is RX plus a small
 correction network whose last layer starts at zero, so training starts from
 the phase-1 detector. The statistics of phase 1 are taken in VAL
 (``statistical_stage="val"``): there neither the augmentation nor the
@@ -236,7 +237,7 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
 def auroc_of(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (ties count one half)."""
     fpr, tpr = roc_curve(scores, labels)
-    return float(np.trapezoid(tpr, fpr))
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
 @metric(outputs="auroc")

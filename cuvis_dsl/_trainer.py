@@ -500,9 +500,7 @@ class Trainer:
         pending = [
             name
             for name, item in self.pipeline.nodes.items()
-            if name in self.pipeline.specs
-            and stage in self.pipeline.specs[name].stages
-            and _needs_fit(item)
+            if stage in self.pipeline.specs[name].stages and _needs_fit(item)
         ]
         if pending:
             warnings.warn(

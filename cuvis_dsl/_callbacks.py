@@ -120,7 +120,8 @@ class EarlyStopping(_Monitor):
     mode
         ``"min"`` when lower is better, ``"max"`` when higher is better.
     patience
-        Epochs without improvement (by more than ``min_delta``) to wait.
+        Number of epochs in a row without improvement (by more than
+        ``min_delta``) after which training stops.
     min_delta
         Smallest change that counts as an improvement.
 
@@ -158,7 +159,7 @@ class EarlyStopping(_Monitor):
             self.best, self.wait = value, 0
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             trainer.should_stop = True
             logger.info(

@@ -145,8 +145,11 @@ class Wiring:
         self, node: str, feed: Feed, stage: StageSet
     ) -> Iterable[Problem]:
         port = feed.port
+        rebound = self.rebinders.get(port.wire, ())
         if len(feed.producers) > 1 and not port.variadic:
-            yield self._duplicate_problem(node, port, feed.producers, stage)
+            # Several live rebinders are already reported as one ambiguity.
+            if not all(producer in rebound for producer, _ in feed.producers):
+                yield self._duplicate_problem(node, port, feed.producers, stage)
         if feed.external is not None and feed.external in self.undeclared:
             yield self._undeclared_problem(node, port, stage)
         elif not feed.producers and feed.external is None:
@@ -343,9 +346,10 @@ def missing_input_problem(
     available: Iterable[str],
 ) -> Problem:
     """A required external input that the batch does not contain."""
-    # The missing name itself is never a useful suggestion (a rebinder's
-    # own output would otherwise be offered for its input).
-    names = sorted(set(available) - {port.wire})
+    # Neither the missing name nor the node's own outputs can feed it, so
+    # neither is offered (a rebinder's output would otherwise be suggested
+    # for its own input).
+    names = sorted(set(available) - {port.wire} - wiring.outputs_of[node])
     rebinding = port.wire in wiring.specs[node].output_names
     what = (
         f"node {wiring.at(node)} rebinds {port.wire!r}, but nothing upstream "

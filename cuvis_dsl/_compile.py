@@ -148,7 +148,7 @@ class Program:
     def _collect(self, vals: list[Any], extras: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for name, where in self.results:
-            out[name] = vals[where] if type(where) is int else [vals[s] for s in where]
+            out[name] = _fetch(vals, where)
         if extras:
             self._merge_undeclared(out, extras)
         return out
@@ -258,8 +258,13 @@ def compile_program(
     outputs: tuple[str, ...] | None,
     batch_keys: frozenset[str],
     targets: Mapping[str, Callable[..., Any]],
+    inputs_of: str | None = None,
 ) -> Program:
-    """Lay out slots and steps for the nodes of a plan, in order."""
+    """Lay out slots and steps for the nodes of a plan, in order.
+
+    With ``inputs_of``, the results are that node's input values by port
+    name (its default where nothing feeds a port) instead of outputs.
+    """
     slots = _Slots()
     for node in order:
         for output in wiring.specs[node].outputs:
@@ -271,7 +276,10 @@ def compile_program(
         sources = [_source(feed, slots, batch_keys) for feed in feeds]
         steps.append(_step(spec, sources, targets[node], slots))
         infos.append(_info(spec, feeds, sources, slots))
-    results = _results(wiring, wired, order, outputs, slots, batch_keys)
+    if inputs_of is None:
+        results = _results(wiring, wired, order, outputs, slots, batch_keys)
+    else:
+        results = _input_results(wired.feeds[inputs_of], slots, batch_keys)
     return Program(
         size=slots.size + 1,
         batch_slots=tuple(slots.batch.items()),
@@ -494,6 +502,19 @@ def _results(
             results.append((name, found[0] if len(found) == 1 else found))
         elif name in batch_keys:
             results.append((name, slots.of_batch(name)))
+    return tuple(results)
+
+
+def _input_results(
+    feeds: tuple[Feed, ...], slots: _Slots, batch_keys: frozenset[str]
+) -> tuple[tuple[str, Any], ...]:
+    results = []
+    for feed in feeds:
+        source = _source(feed, slots, batch_keys)
+        if source is _MISSING:
+            port = feed.port
+            source = _Constant(port.default if port.has_default else None)
+        results.append((feed.port.name, source))
     return tuple(results)
 
 

@@ -177,6 +177,51 @@ class Pipeline(torch.nn.Module):
             batch, context, self.checks if checks is None else checks, by_node=True
         )
 
+    def inputs_of(
+        self,
+        node: str,
+        batch: Mapping[str, Any] | None = None,
+        context: Context | None = None,
+        stage: ExecutionStage | str | None = None,
+        checks: bool | None = None,
+    ) -> dict[str, Any]:
+        """The values ``node`` would receive, computed by its upstream nodes only.
+
+        The node itself does not run. Ports that nothing feeds hold their
+        default (or None). Statistical initialisation uses this to stream a
+        node's inputs.
+
+        Examples
+        --------
+        >>> @node
+        ... def double(x: int) -> int:
+        ...     return 2 * x
+        >>> @node
+        ... def shifted(double: int, offset: int = 1) -> int:
+        ...     return double + offset
+        >>> Pipeline([double, shifted]).inputs_of("shifted", {"x": 3}, stage="val")
+        {'double': 6, 'offset': 1}
+        """
+        if node not in self._items:
+            raise KeyError(
+                f"no node named {node!r}.{did_you_mean(node, self._items)} "
+                f"Nodes: {quoted(self._items)}"
+            )
+        context = _context(context, stage)
+        batch = {} if batch is None else batch
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"batch must be a mapping, got {type(batch).__name__}")
+        key = (context.stage, ("<inputs of>", node), frozenset(batch))
+        plan = self._plans.get(key)  # type: ignore[arg-type]
+        if plan is None:
+            made = make_plan(
+                self._wiring, context.stage, None, key[2], self._targets, node
+            )
+            plan = self._plans.setdefault(key, made)  # type: ignore[arg-type]
+        return plan.program.run(
+            batch, context, self.checks if checks is None else checks
+        )
+
     def _cached_plan(
         self,
         batch: Mapping[str, Any],

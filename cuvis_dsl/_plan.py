@@ -83,24 +83,35 @@ def make_plan(
     outputs: tuple[str, ...] | None,
     batch_keys: frozenset[str],
     targets: Mapping[str, Callable[..., Any]],
+    inputs_of: str | None = None,
 ) -> Plan:
-    """Plan one request, raising one `WiringError` with every problem."""
+    """Plan one request, raising one `WiringError` with every problem.
+
+    With ``inputs_of``, the plan runs only the nodes upstream of that node
+    and returns the values its input ports would receive.
+    """
     from ._compile import compile_program
 
     wired = wiring.stages[stage]
     problems = list(_collisions(wiring, stage, batch_keys))
-    if outputs is None:
-        needed = set(wired.active)
+    if inputs_of is not None:
+        needed = _upstream(wired, wiring, inputs_of, problems)
+        checked = needed | ({inputs_of} if inputs_of in wired.feeds else set())
+    elif outputs is None:
+        needed = checked = set(wired.active)
     else:
-        needed = _needed(wired, wiring, outputs, batch_keys, problems)
-    problems.extend(_missing(wired, wiring, needed, batch_keys))
+        needed = checked = _needed(wired, wiring, outputs, batch_keys, problems)
+    problems.extend(_missing(wired, wiring, checked, batch_keys))
     if problems:
         raise WiringError.from_problems(
             problems, f"pipeline cannot run in stage {stage.name}"
         )
     order = topological_order(wired, needed)
-    skipped = _skipped(wiring, wired, needed, outputs)
-    program = compile_program(wiring, wired, order, outputs, batch_keys, targets)
+    request = outputs if inputs_of is None else (f"the inputs of {inputs_of!r}",)
+    skipped = _skipped(wiring, wired, needed, request)
+    program = compile_program(
+        wiring, wired, order, outputs, batch_keys, targets, inputs_of
+    )
     plan = Plan(
         stage=stage,
         outputs=outputs,
@@ -161,6 +172,35 @@ def _needed(
         needed.add(current)
         for feed in wired.feeds[current]:
             stack.extend(node for node, _ in feed.producers if node not in needed)
+    return needed
+
+
+def _upstream(
+    wired: StageWiring, wiring: Wiring, node: str, problems: list[Problem]
+) -> set[str]:
+    """Every node that feeds ``node`` in this stage, directly or not."""
+    if node not in wired.feeds:
+        spec = wiring.specs[node]
+        problems.append(
+            Problem(
+                kind="missing",
+                node=node,
+                port=None,
+                stages=StageSet(wired.stage),
+                summary=f"node {wiring.at(node)} does not run in {{stages}}: "
+                f"its stages are {spec.stages}.",
+                fix=f"ask in one of {spec.stages}, or add {{stages}} to its stages",
+            )
+        )
+        return set()
+    needed: set[str] = set()
+    stack = [p for feed in wired.feeds[node] for p, _ in feed.producers]
+    while stack:
+        current = stack.pop()
+        if current not in needed:
+            needed.add(current)
+            for feed in wired.feeds[current]:
+                stack.extend(p for p, _ in feed.producers if p not in needed)
     return needed
 
 

@@ -195,7 +195,7 @@ def test_missing_batch_key_is_reported_before_any_node_runs(pipe, calls):
         ("mae", "target"),
         ("mse", "target"),
     }
-    assert "Available: 'features', 'load', 'mae', 'mse', 'raw', 'scores'." in str(
+    assert "Available: 'features', 'load', 'mse', 'raw', 'scores'." in str(
         info.value
     )
     assert not calls
@@ -533,3 +533,37 @@ def test_forward_by_node_lists_only_executed_nodes():
         batch={"x": 1}, stage="inference"
     )
     assert by_node == {"always": {"always": 2}}
+
+
+def test_inputs_of_runs_only_upstream_nodes_and_fills_defaults(calls):
+    @node
+    def double(x: int) -> int:
+        calls["double"] += 1
+        return 2 * x
+
+    @node(stages="train", outputs="double")
+    def jitter(double: int) -> int:
+        calls["jitter"] += 1
+        return double + 100
+
+    @node
+    def shifted(double: int, offset: int = 1) -> int:
+        calls["shifted"] += 1
+        return double + offset
+
+    pipe = Pipeline([double, jitter, shifted])
+    assert pipe.inputs_of("shifted", {"x": 3}, stage="val") == {
+        "double": 6,
+        "offset": 1,
+    }
+    assert pipe.inputs_of("shifted", {"x": 3}, stage="train")["double"] == 106
+    assert calls == Counter({"double": 2, "jitter": 1})
+
+
+def test_inputs_of_a_node_outside_the_stage_is_an_error():
+    @node(stages="train")
+    def only_train(x: int) -> int:
+        return x
+
+    with pytest.raises(MissingInputError, match="does not run in VAL"):
+        Pipeline([only_train]).inputs_of("only_train", {"x": 1}, stage="val")

@@ -6,16 +6,13 @@ Each is fed a stream with one item per batch: a dict of its input port
 names to the values the pipeline would pass it in the statistical stage,
 computed by its upstream nodes, which are initialised first.
 
-The inputs are captured rather than re-derived: the pipeline is asked for
-the node's outputs, and a forward pre-hook on the node records the
-arguments the pipeline calls it with, then stops the run before the node's
-own ``forward``. So the stream follows the wiring, stage gating, rebinding
-and defaults exactly as a real run would.
+The items come from `Pipeline.inputs_of`, which runs only the node's
+upstream nodes, so the stream follows the wiring, stage gating, rebinding
+and defaults exactly as a real run would, and the node itself never runs.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -130,18 +127,6 @@ class Batches:
 _END = object()
 
 
-class _Captured(BaseException):
-    """Stops a pipeline run once the target node's inputs are recorded.
-
-    A BaseException, so that a node's own ``except Exception`` around a
-    call cannot swallow it.
-    """
-
-    def __init__(self, inputs: dict[str, Any]) -> None:
-        super().__init__()
-        self.inputs = inputs
-
-
 class InputStream:
     """The stream handed to ``statistical_initialization``: one dict per batch.
 
@@ -179,15 +164,11 @@ class InputStream:
     ) -> None:
         self.node = name
         self._pipeline = pipeline
-        self._module = pipeline.nodes[name]
-        self._spec = pipeline.specs[name]
         self._batches = batches
         self._stage = stage
         self._prepare = prepare
         self._global_step = global_step
         self._wrap = wrap
-        self._signature = inspect.signature(self._module.forward)
-        self._request = self._spec.output_names or self._spec.undeclared or None
         self.batches_seen = 0
 
     def __len__(self) -> int:
@@ -200,33 +181,9 @@ class InputStream:
                 stage=self._stage, batch_idx=batch_idx, global_step=self._global_step
             )
             self.batches_seen += 1
-            yield self._capture(self._prepare(batch), context)
-
-    def _capture(self, batch: Mapping[str, Any], context: Context) -> dict[str, Any]:
-        handle = self._module.register_forward_pre_hook(self._hook, with_kwargs=True)
-        try:
-            self._pipeline.forward(batch=batch, context=context, outputs=self._request)
-        except _Captured as captured:
-            return captured.inputs
-        finally:
-            handle.remove()
-        raise RuntimeError(
-            f"the pipeline ran without calling statistical node {self.node!r} "
-            f"as a module, so its inputs could not be captured.\n"
-            f"  Fix: make sure the pipeline calls the node itself (its "
-            f"__call__), not a wrapper around its forward"
-        )
-
-    def _hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        inputs = {}
-        for name, parameter in self._signature.parameters.items():
-            if name == self._spec.context or parameter.kind is parameter.VAR_KEYWORD:
-                continue
-            if name in bound.arguments:
-                inputs[name] = bound.arguments[name]
-        raise _Captured(inputs)
+            yield self._pipeline.inputs_of(
+                self.node, batch=self._prepare(batch), context=context
+            )
 
 
 def fit_statistics(

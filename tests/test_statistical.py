@@ -92,22 +92,44 @@ def test_stream_of_a_downstream_node_is_computed_by_fitted_upstream_nodes():
     assert is_initialized(offset) and is_initialized(scorer)
 
 
-def test_stream_leaves_the_node_uncalled_and_the_run_stopped():
+def test_stream_runs_the_upstream_nodes_only_never_the_node_or_its_consumers():
     calls: list[str] = []
+
+    @node(outputs="cube")
+    def before(raw: Tensor) -> Tensor:
+        calls.append("before")
+        return raw + 1
 
     @node(outputs="after")
     def after(score: Tensor) -> Tensor:
         calls.append("after")
         return score
 
-    pipe = Pipeline([Scorer(), after])
+    scorer = Scorer()
+    scorer.register_forward_pre_hook(lambda module, args: calls.append("scorer"))
+    pipe = Pipeline([before, scorer, after])
     stream = InputStream(
-        pipe, "scorer", Batches([{"cube": torch.ones(2)}], "train"), TRAIN, lambda b: b
+        pipe, "scorer", Batches([{"raw": torch.ones(2)}], "train"), TRAIN, lambda b: b
     )
 
-    list(stream)
+    items = list(stream)
 
-    assert calls == []
+    assert calls == ["before"]
+    assert torch.equal(items[0]["cube"], torch.full((2,), 2.0))
+
+
+def test_stream_of_a_function_node_holds_its_inputs():
+    @node(outputs="y")
+    def shift(x: Tensor, by: float = 1.0) -> Tensor:
+        return x + by
+
+    pipe = Pipeline([shift])
+    batches = Batches([{"x": torch.zeros(2)}], "train")
+
+    items = list(InputStream(pipe, "shift", batches, TRAIN, prepare=lambda b: b))
+
+    assert len(items) == 1 and items[0]["by"] == 1.0
+    assert torch.equal(items[0]["x"], torch.zeros(2))
 
 
 def test_fitting_from_empty_batches_names_the_node_and_fits_nothing():

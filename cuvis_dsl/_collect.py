@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from ._ports import summarize
 from ._spec import NodeSpec
 from ._stages import ExecutionStage
 
-__all__ = ["Collector", "LossTerm", "metric_entries"]
+__all__ = ["Collector", "LossTerm", "metric_entries", "outputs_by_name"]
 
 ROLES = ("loss", "metric", "node")
 
@@ -70,80 +71,47 @@ class LossTerm:
 
 
 class Collector:
-    """Reads the loss and metric values out of a pipeline run's outputs.
+    """Reads the loss and metric values out of a pipeline run, node by node.
 
-    Losses are the outputs of loss-role nodes; metrics are the outputs of
-    metric-role nodes, and any `Metric` (or list of them) that another
-    node returns, as the cuvis.ai pattern of a plain ``Node`` reporting
-    ``{"metrics": [Metric(...)]}`` does. The values of a node whose
-    outputs are undeclared are read from what it returns (``captured``).
+    It reads what `Pipeline.forward_by_node` returns, so every value is
+    attributed to the node that produced it. Losses are the outputs of
+    loss-role nodes; metrics are the outputs of metric-role nodes, and any
+    `Metric` (or list of them) that another node returns, as the cuvis.ai
+    pattern of a plain ``Node`` reporting ``{"metrics": [Metric(...)]}``
+    does. Nodes whose outputs are undeclared count with what they return.
 
-    A value is logged under ``"<stage>/<output>"``; when several nodes
-    produce the same output name (fan-in), or the output is called
-    ``loss`` (the name of the weighted total), under ``"<stage>/<node>"``
-    instead. Metric objects bring their own names.
+    A value is logged under ``"<stage>/<output>"``; when several nodes of
+    a role produce the same output name, or the output is called ``loss``
+    (the name of the weighted total), under ``"<stage>/<node>"`` instead.
+    Metric objects bring their own names.
     """
 
     def __init__(
         self, specs: Mapping[str, NodeSpec], loss_weights: Mapping[str, float]
     ) -> None:
         self._specs = specs
-        self._tables = {role: _producers(specs, role) for role in ROLES}
-        self.undeclared = tuple(
-            sorted(name for name, spec in specs.items() if spec.returns == "undeclared")
-        )
-        loss_nodes = {n for n in self.undeclared if specs[n].role == "loss"}
-        self._weights = _checked_weights(loss_weights, self._tables["loss"], loss_nodes)
-
-    @property
-    def loss_nodes(self) -> tuple[str, ...]:
-        return self._nodes("loss")
-
-    @property
-    def metric_nodes(self) -> tuple[str, ...]:
-        return self._nodes("metric")
-
-    def _nodes(self, role: str) -> tuple[str, ...]:
-        declared = {n for nodes in self._tables[role].values() for n in nodes}
-        hidden = {n for n in self.undeclared if self._specs[n].role == role}
-        return tuple(sorted(declared | hidden))
+        self._shared = {role: _shared_outputs(specs, role) for role in ROLES}
+        self.loss_nodes = _nodes_of(specs, "loss")
+        self.metric_nodes = _nodes_of(specs, "metric")
+        self._weights = _checked_weights(loss_weights, specs, self.loss_nodes)
 
     def _sources(
-        self,
-        role: str,
-        outputs: Mapping[str, Any],
-        stage: ExecutionStage,
-        captured: Mapping[str, Any],
+        self, role: str, by_node: Mapping[str, Mapping[str, Any]]
     ) -> Iterator[tuple[str, str, Any, bool]]:
-        """``(node, output, value, shared)`` for every value of ``role``."""
-        for output, nodes in self._tables[role].items():
-            if output not in outputs:
-                continue
-            running = [n for n in nodes if stage in self._specs[n].stages]
-            value = outputs[output]
-            shared = len(nodes) > 1
-            if shared and isinstance(value, list) and len(value) == len(running):
-                for node, item in zip(running, value):
-                    yield node, output, item, True
-            elif running:
-                yield running[0], output, value, shared
-        for node in self.undeclared:
-            returned = captured.get(node)
-            if self._specs[node].role == role and isinstance(returned, Mapping):
-                for output, value in returned.items():
-                    yield node, str(output), value, False
+        """``(node, output, value, shared)`` for every output of ``role``'s nodes."""
+        nodes = [n for n in sorted(by_node) if self._specs[n].role == role]
+        counts = Counter(output for n in nodes for output in by_node[n])
+        for node in nodes:
+            for output, value in by_node[node].items():
+                shared = output in self._shared[role] or counts[output] > 1
+                yield node, str(output), value, shared
 
     def losses(
-        self,
-        outputs: Mapping[str, Any],
-        stage: ExecutionStage,
-        captured: Mapping[str, Any] | None = None,
+        self, by_node: Mapping[str, Mapping[str, Any]], stage: ExecutionStage
     ) -> list[LossTerm]:
         """The loss values of one run, each checked to be a scalar."""
         terms = []
-        for node, output, value, shared in self._sources(
-            "loss", outputs, stage, captured or {}
-        ):
+        for node, output, value, shared in self._sources("loss", by_node):
             if value is None:
                 continue
             name = node if shared or output == "loss" else output
@@ -162,11 +130,10 @@ class Collector:
         self,
         aggregate: EpochAggregate,
         stage: ExecutionStage,
-        outputs: Mapping[str, Any],
+        by_node: Mapping[str, Mapping[str, Any]],
         terms: list[LossTerm],
         total: torch.Tensor | None,
         size: Callable[[], int],
-        captured: Mapping[str, Any] | None = None,
     ) -> None:
         """Add one batch's losses and metrics to the epoch's aggregate."""
         seen: dict[str, str] = {}
@@ -176,11 +143,10 @@ class Collector:
         for term in terms:
             value = term.value.detach().to(torch.float64)
             _add(aggregate, seen, term.key, value, size(), term.node)
-        captured = captured or {}
-        metrics = self._sources("metric", outputs, stage, captured)
+        metrics = self._sources("metric", by_node)
         others = (
             source
-            for source in self._sources("node", outputs, stage, captured)
+            for source in self._sources("node", by_node)
             if _holds_metrics(source[2])
         )
         for node, output, value, shared in itertools.chain(metrics, others):
@@ -191,6 +157,47 @@ class Collector:
             for name, scalar, weight in metric_entries(label, value, node):
                 count = size() if weight is None else weight
                 _add(aggregate, seen, log_key(stage, name), scalar, count, node)
+
+
+def outputs_by_name(
+    by_node: Mapping[str, Mapping[str, Any]], specs: Mapping[str, NodeSpec]
+) -> dict[str, Any]:
+    """The run's outputs by name, as `Pipeline.forward` returns them.
+
+    A name several nodes produce maps to the list of their values in node
+    name order; a node that rebinds a name hides the name's producer; the
+    values of undeclared outputs follow a declared value of the same name.
+    """
+    declared: dict[str, dict[str, tuple[bool, Any]]] = {}
+    undeclared: dict[str, dict[str, Any]] = {}
+    for node in by_node:
+        spec = specs[node]
+        wires = {port.wire for port in spec.inputs}
+        for output, value in by_node[node].items():
+            if spec.returns == "undeclared":
+                undeclared.setdefault(output, {})[node] = value
+            else:
+                declared.setdefault(output, {})[node] = (output in wires, value)
+    names = dict.fromkeys([*declared, *_sorted_keys(undeclared)])
+    return {name: _values_of(name, declared, undeclared) for name in names}
+
+
+def _sorted_keys(undeclared: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Undeclared names in the order their first node (by name) returns them."""
+    return sorted(undeclared, key=lambda name: min(undeclared[name]))
+
+
+def _values_of(
+    name: str,
+    declared: Mapping[str, Mapping[str, tuple[bool, Any]]],
+    undeclared: Mapping[str, Mapping[str, Any]],
+) -> Any:
+    found = declared.get(name, {})
+    rebound = [found[node][1] for node in sorted(found) if found[node][0]]
+    values = rebound or [found[node][1] for node in sorted(found)]
+    extra = undeclared.get(name, {})
+    values += [extra[node] for node in sorted(extra)]
+    return values[0] if len(values) == 1 else values
 
 
 def _holds_metrics(value: Any) -> bool:
@@ -225,31 +232,35 @@ def _source(node: str) -> str:
     return "the total loss" if node == "" else f"node {node!r}"
 
 
-def _producers(specs: Mapping[str, NodeSpec], role: str) -> dict[str, tuple[str, ...]]:
-    table: dict[str, list[str]] = {}
-    for name in sorted(specs):
-        spec = specs[name]
-        if spec.role != role or spec.returns == "undeclared":
-            continue
-        for output in spec.output_names:
-            table.setdefault(output, []).append(name)
-    return {output: tuple(nodes) for output, nodes in table.items()}
+def _nodes_of(specs: Mapping[str, NodeSpec], role: str) -> tuple[str, ...]:
+    return tuple(sorted(name for name, spec in specs.items() if spec.role == role))
+
+
+def _shared_outputs(specs: Mapping[str, NodeSpec], role: str) -> frozenset[str]:
+    """Output names that several nodes of ``role`` declare."""
+    counts = Counter(
+        output
+        for spec in specs.values()
+        if spec.role == role
+        for output in spec.output_names
+    )
+    return frozenset(output for output, count in counts.items() if count > 1)
 
 
 def _checked_weights(
     weights: Mapping[str, float],
-    losses: dict[str, tuple[str, ...]],
-    undeclared: set[str],
+    specs: Mapping[str, NodeSpec],
+    loss_nodes: tuple[str, ...],
 ) -> dict[str, float]:
-    known = set(losses) | {node for nodes in losses.values() for node in nodes}
-    known |= undeclared
+    outputs = {output for node in loss_nodes for output in specs[node].output_names}
+    known = outputs | set(loss_nodes)
     for key, weight in weights.items():
         if key not in known:
             raise ValueError(
                 f"loss_weights names {key!r}, which is neither a loss output nor "
                 f"a loss node.{did_you_mean(key, known)} Loss outputs: "
-                f"{quoted(losses) if losses else '(none)'}.\n  Fix: key the "
-                f"weights by loss output name (by node name for a node whose "
+                f"{quoted(sorted(outputs)) if outputs else '(none)'}.\n  Fix: key "
+                f"the weights by loss output name (by node name for a node whose "
                 f"outputs are undeclared)"
             )
         if not isinstance(weight, numbers.Real) or not math.isfinite(weight):

@@ -9,7 +9,6 @@ puts every module's mode and the grad mode back afterwards.
 from __future__ import annotations
 
 import contextlib
-import functools
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -89,33 +88,6 @@ def preserved_modes(module: torch.nn.Module) -> Iterator[None]:
         torch.set_grad_enabled(grad)
 
 
-@contextlib.contextmanager
-def captured_returns(pipeline: Any, names: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """What the named module nodes return while the block runs, by node name.
-
-    Nodes whose outputs are undeclared publish whatever keys they return;
-    a forward hook is the one place that sees which node returned which.
-    """
-    captured: dict[str, Any] = {}
-    handles = []
-    for name in names:
-        item = pipeline.nodes[name]
-        if isinstance(item, torch.nn.Module):
-            keep = functools.partial(_keep_return, captured, name)
-            handles.append(item.register_forward_hook(keep))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _keep_return(
-    captured: dict[str, Any], name: str, module: Any, args: Any, result: Any
-) -> None:
-    captured[name] = result
-
-
 class LazySize:
     """The batch size, inferred only when a value needs weighting."""
 
@@ -132,12 +104,11 @@ class LazySize:
 
 @attrs.frozen
 class BatchRun:
-    """One batch's run: its outputs, the loss terms and their weighted total."""
+    """One batch's run: each node's outputs, the loss terms and their total."""
 
     stage: ExecutionStage
     batch: Mapping[str, Any]
-    outputs: dict[str, Any]
-    captured: dict[str, Any]
+    by_node: dict[str, dict[str, Any]]
     terms: list[LossTerm]
     total: torch.Tensor | None
 
@@ -174,11 +145,10 @@ class StageLoop:
     ) -> BatchRun:
         """Run one batch and sum its weighted losses; record them if asked."""
         prepared = self.prepare(batch)
-        with captured_returns(self.pipeline, self.collector.undeclared) as captured:
-            outputs = self.pipeline.forward(batch=prepared, context=context)
-        terms = self.collector.losses(outputs, context.stage, captured)
+        by_node = self.pipeline.forward_by_node(batch=prepared, context=context)
+        terms = self.collector.losses(by_node, context.stage)
         total = self._total(terms, context)
-        result = BatchRun(context.stage, batch, outputs, captured, terms, total)
+        result = BatchRun(context.stage, batch, by_node, terms, total)
         if aggregate is not None:
             self.record(aggregate, result)
         return result
@@ -188,11 +158,10 @@ class StageLoop:
         self.collector.record(
             aggregate,
             run.stage,
-            run.outputs,
+            run.by_node,
             run.terms,
             run.total,
             LazySize(run.batch, self.batch_size),
-            run.captured,
         )
 
     def _total(self, terms: list[LossTerm], context: Context) -> torch.Tensor | None:

@@ -17,7 +17,7 @@ import torch
 from ._aggregate import BatchSize, EpochAggregate
 from ._callbacks import Callback, callback_states, restore_callback_states
 from ._checkpoint import capture_rng, read_checkpoint, restore_rng, write_checkpoint
-from ._collect import Collector
+from ._collect import Collector, outputs_by_name
 from ._context import Context
 from ._errors import CuvisDSLWarning, quoted
 from ._history import History
@@ -396,7 +396,9 @@ class Trainer:
         if self._optimizer is not None:
             self._step(run.total, [term.node for term in run.terms])
         self._loop.record(aggregate, run)
-        return run.outputs
+        if not self.callbacks:
+            return {}
+        return outputs_by_name(run.by_node, self.pipeline.specs)
 
     def _step(self, total: torch.Tensor | None, nodes: list[str]) -> None:
         optimizer = self._optimizer

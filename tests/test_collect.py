@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pytest
 import torch
 from torch import Tensor
 
-from cuvis_dsl import ExecutionStage, Metric, Pipeline, loss, metric, node
+from cuvis_dsl import (
+    ExecutionStage,
+    Metric,
+    Node,
+    Pipeline,
+    PortSpec,
+    loss,
+    metric,
+    node,
+)
 from cuvis_dsl._aggregate import EpochAggregate
-from cuvis_dsl._collect import Collector, metric_entries
+from cuvis_dsl._collect import Collector, metric_entries, outputs_by_name
 
 VAL = ExecutionStage.VAL
 
@@ -38,7 +49,8 @@ def collector(*nodes, weights=None) -> Collector:
 
 
 def test_loss_terms_are_keyed_by_output_name_with_their_weights():
-    terms = collector(bce, weights={"bce": 0.5}).losses({"bce": torch.tensor(2.0)}, VAL)
+    by_node = {"bce": {"bce": torch.tensor(2.0)}}
+    terms = collector(bce, weights={"bce": 0.5}).losses(by_node, VAL)
 
     assert [(t.node, t.output, t.key, t.weight) for t in terms] == [
         ("bce", "bce", "val/bce", 0.5)
@@ -47,7 +59,7 @@ def test_loss_terms_are_keyed_by_output_name_with_their_weights():
 
 def test_a_loss_output_called_loss_is_keyed_by_its_node():
     terms = collector(dice_loss, weights={"dice": 2.0}).losses(
-        {"loss": torch.tensor(1.0)}, VAL
+        {"dice": {"loss": torch.tensor(1.0)}}, VAL
     )
 
     assert [(t.key, t.weight) for t in terms] == [("val/dice", 2.0)]
@@ -62,8 +74,8 @@ def test_fan_in_losses_are_keyed_by_node_in_node_name_order():
     def a_part(pred: Tensor) -> Tensor:
         return pred.sum()
 
-    outputs = {"part": [torch.tensor(1.0), torch.tensor(2.0)]}
-    terms = collector(b_part, a_part).losses(outputs, VAL)
+    by_node = {"b_part": {"part": torch.tensor(2.0)}, "a_part": {"part": 1.0}}
+    terms = collector(b_part, a_part).losses(by_node, VAL)
 
     assert [(t.node, t.key, t.value.item()) for t in terms] == [
         ("a_part", "val/a_part", 1.0),
@@ -72,7 +84,7 @@ def test_fan_in_losses_are_keyed_by_node_in_node_name_order():
 
 
 def test_python_number_losses_become_tensors():
-    terms = collector(bce).losses({"bce": 0.25}, VAL)
+    terms = collector(bce).losses({"bce": {"bce": 0.25}}, VAL)
 
     assert torch.equal(terms[0].value, torch.tensor(0.25))
 
@@ -90,10 +102,10 @@ def test_non_finite_weight_is_an_error():
 def test_record_adds_total_losses_and_metrics_weighted_by_batch_size():
     col = collector(bce, acc)
     epoch = EpochAggregate()
-    outputs = {"bce": torch.tensor(1.0), "acc": torch.tensor(0.5)}
-    terms = col.losses(outputs, VAL)
+    by_node = {"bce": {"bce": torch.tensor(1.0)}, "acc": {"acc": torch.tensor(0.5)}}
+    terms = col.losses(by_node, VAL)
 
-    col.record(epoch, VAL, outputs, terms, torch.tensor(3.0), lambda: 4)
+    col.record(epoch, VAL, by_node, terms, torch.tensor(3.0), lambda: 4)
 
     assert epoch.compute() == {"val/loss": 3.0, "val/bce": 1.0, "val/acc": 0.5}
 
@@ -105,8 +117,10 @@ def test_metric_weight_overrides_the_batch_size():
 
     col = collector(weighted)
     epoch = EpochAggregate()
-    col.record(epoch, VAL, {"m": Metric("m", 1.0, weight=3)}, [], None, lambda: 1)
-    col.record(epoch, VAL, {"m": Metric("m", 0.0, weight=1)}, [], None, lambda: 1)
+    first = {"weighted": {"m": Metric("m", 1.0, weight=3)}}
+    second = {"weighted": {"m": Metric("m", 0.0, weight=1)}}
+    col.record(epoch, VAL, first, [], None, lambda: 1)
+    col.record(epoch, VAL, second, [], None, lambda: 1)
 
     assert epoch.compute() == {"val/m": 0.75}
 
@@ -116,9 +130,8 @@ def test_batch_size_is_not_asked_for_when_nothing_needs_it():
         raise AssertionError("batch size requested")
 
     col = collector(acc)
-    col.record(
-        EpochAggregate(), VAL, {"acc": Metric("acc", 1.0, weight=2)}, [], None, no_size
-    )
+    by_node = {"acc": {"acc": Metric("acc", 1.0, weight=2)}}
+    col.record(EpochAggregate(), VAL, by_node, [], None, no_size)
 
 
 def test_metric_entries_of_every_supported_shape():
@@ -137,3 +150,64 @@ def test_metric_entries_of_every_supported_shape():
 def test_a_list_of_plain_numbers_is_an_error_naming_node_and_output():
     with pytest.raises(TypeError, match="metric output 'm' of node 'n' is a list"):
         list(metric_entries("m", [1.0, 2.0], "n"))
+
+
+class Scores(Node):
+    """A class-form node whose outputs are undeclared."""
+
+    def forward(self, pred, **_):
+        return {"score": pred.mean()}
+
+
+class OtherScores(Node):
+    def forward(self, pred, **_):
+        return {"score": pred.max()}
+
+
+def test_one_undeclared_metric_key_from_two_nodes_is_logged_under_each_node():
+    pipe = Pipeline([pred, metric(Scores)(), metric(OtherScores)()])
+    col = Collector(pipe.specs, {})
+    epoch = EpochAggregate()
+
+    by_node = pipe.forward_by_node(batch={"x": torch.tensor([1.0, 3.0])}, stage="val")
+    col.record(epoch, VAL, by_node, [], None, lambda: 2)
+
+    assert epoch.compute() == {"val/scores": 2.0, "val/other_scores": 3.0}
+
+
+@node(outputs="pred")
+def sharpen(pred: Tensor) -> Tensor:
+    return 2 * pred
+
+
+@node(outputs="part")
+def left(pred: Tensor) -> Tensor:
+    return pred.sum()
+
+
+@node(outputs="part")
+def right(pred: Tensor) -> Tensor:
+    return pred.max()
+
+
+@node
+def combine(part: Annotated[list[Tensor], PortSpec(variadic=True)]) -> Tensor:
+    return torch.stack(part).sum()
+
+
+def test_outputs_by_name_are_what_forward_returns():
+    nodes = [pred, sharpen, left, right, combine, Scores(), OtherScores()]
+    pipe = Pipeline(nodes)
+    batch = {"x": torch.tensor([1.0, 2.0])}
+
+    by_node = pipe.forward_by_node(batch=batch, stage="val")
+    merged = outputs_by_name(by_node, pipe.specs)
+
+    expected = pipe.forward(batch=batch, stage="val")
+    assert list(merged) == list(expected)
+    for name, value in expected.items():
+        if isinstance(value, list):
+            assert all(torch.equal(a, b) for a, b in zip(merged[name], value))
+            assert len(merged[name]) == len(value)
+        else:
+            assert torch.equal(merged[name], value)

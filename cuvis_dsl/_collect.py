@@ -61,11 +61,14 @@ def metric_entries(
 
 @attrs.frozen
 class LossTerm:
-    """One loss value of one batch: where it came from and how it is weighted."""
+    """One loss value of one batch: where it came from and how it is weighted.
+
+    ``key`` is None for a loss that is the total itself (see `Collector`).
+    """
 
     node: str
     output: str
-    key: str
+    key: str | None
     value: torch.Tensor
     weight: float
 
@@ -80,10 +83,14 @@ class Collector:
     pattern of a plain ``Node`` reporting ``{"metrics": [Metric(...)]}``
     does. Nodes whose outputs are undeclared count with what they return.
 
-    A value is logged under ``"<stage>/<output>"``; when several nodes of
-    a role produce the same output name, or the output is called ``loss``
-    (the name of the weighted total), under ``"<stage>/<node>"`` instead.
-    Metric objects bring their own names.
+    ``"<stage>/loss"`` is the weighted total of the losses. Every other
+    value is logged under ``"<stage>/<output>"``; when several nodes of a
+    role produce the same output name, or a loss output is called
+    ``loss``, under ``"<stage>/<node>"`` instead. A loss that would so be
+    logged as ``"<stage>/loss"`` (a loss node named ``loss``) is the total
+    itself when it is the batch's only loss and weighs 1; next to other
+    losses, or with another weight, it is logged as
+    ``"<stage>/loss/<node>"``. Metric objects bring their own names.
     """
 
     def __init__(
@@ -124,7 +131,7 @@ class Collector:
                     weight=self._weights.get(output, self._weights.get(node, 1.0)),
                 )
             )
-        return terms
+        return _apart_from_total(terms, log_key(stage, "loss"))
 
     def record(
         self,
@@ -141,8 +148,9 @@ class Collector:
             value = total.detach().to(torch.float64)
             _add(aggregate, seen, log_key(stage, "loss"), value, size(), "")
         for term in terms:
-            value = term.value.detach().to(torch.float64)
-            _add(aggregate, seen, term.key, value, size(), term.node)
+            if term.key is not None:
+                value = term.value.detach().to(torch.float64)
+                _add(aggregate, seen, term.key, value, size(), term.node)
         metrics = self._sources("metric", by_node)
         others = (
             source
@@ -157,6 +165,18 @@ class Collector:
             for name, scalar, weight in metric_entries(label, value, node):
                 count = size() if weight is None else weight
                 _add(aggregate, seen, log_key(stage, name), scalar, count, node)
+
+
+def _apart_from_total(terms: list[LossTerm], total_key: str) -> list[LossTerm]:
+    """Terms whose key is the total's: the total itself, or keyed apart."""
+    if len(terms) == 1 and terms[0].key == total_key and terms[0].weight == 1:
+        return [attrs.evolve(terms[0], key=None)]
+    return [
+        attrs.evolve(term, key=f"{total_key}/{term.node}")
+        if term.key == total_key
+        else term
+        for term in terms
+    ]
 
 
 def outputs_by_name(

@@ -73,6 +73,9 @@ class Trainer:
     its node's name when it is called ``loss`` or shared by several
     nodes), and each metric under its output name or `Metric.name`. A
     `Metric` (or list of them) returned by any node counts as a metric.
+    A loss node named ``loss`` is the total itself when it is the only
+    loss and weighs 1 (one key, ``"train/loss"``); next to other losses,
+    or with another weight, it appears as ``"train/loss/loss"``.
 
     Whenever a trainer call returns or raises, every module's train/eval
     mode and the grad mode are those from before the call.

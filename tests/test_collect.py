@@ -152,6 +152,31 @@ def test_a_list_of_plain_numbers_is_an_error_naming_node_and_output():
         list(metric_entries("m", [1.0, 2.0], "n"))
 
 
+@loss(name="loss")
+def named_loss(pred: Tensor) -> Tensor:
+    return pred.mean()
+
+
+def test_the_only_loss_named_loss_with_weight_one_is_the_total_itself():
+    terms = collector(named_loss).losses({"loss": {"loss": torch.tensor(2.0)}}, VAL)
+
+    assert [(t.node, t.key, t.weight) for t in terms] == [("loss", None, 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "weights"),
+    [((named_loss, bce), {}), ((named_loss,), {"loss": 0.5})],
+    ids=["next-to-another-loss", "weighted"],
+)
+def test_a_loss_named_loss_is_keyed_under_the_total_by_its_node(nodes, weights):
+    by_node = {"loss": {"loss": torch.tensor(2.0)}, "bce": {"bce": torch.tensor(1.0)}}
+    by_node = {name: by_node[name] for name in ("loss", "bce")[: len(nodes)]}
+
+    terms = collector(*nodes, weights=weights).losses(by_node, VAL)
+
+    assert {t.node: t.key for t in terms}["loss"] == "val/loss/loss"
+
+
 class Scores(Node):
     """A class-form node whose outputs are undeclared."""
 

@@ -169,6 +169,41 @@ def test_weighted_losses_are_summed_for_backward_and_logged_unweighted():
     assert scale.weight.item() == pytest.approx(0.2)
 
 
+@loss(name="loss")
+def named_loss(pred: Tensor, y: Tensor) -> Tensor:
+    return ((pred - y) ** 2).mean()
+
+
+def test_the_only_loss_named_loss_is_the_total_itself():
+    batch = {"x": torch.ones(4), "y": torch.full((4,), 3.0)}
+    trainer = make([Scale(), named_loss], max_epochs=1)
+
+    before = trainer.validate([batch])
+    history = trainer.fit([batch])
+
+    assert before == {"val/loss": 9.0}
+    assert history.keys() == ["train/loss"]
+    assert history["train/loss"] == [9.0]
+
+
+def test_a_loss_named_loss_next_to_other_losses_is_logged_under_its_node():
+    batch = {"x": torch.ones(4), "y": torch.full((4,), 3.0)}
+    trainer = make([Scale(), named_loss, l1], loss_weights={"l1": 2.0})
+
+    assert trainer.validate([batch]) == {
+        "val/loss": 9.0 + 2.0 * 3.0,
+        "val/loss/loss": 9.0,
+        "val/l1": 3.0,
+    }
+
+
+def test_a_weighted_loss_named_loss_is_logged_apart_from_the_total():
+    batch = {"x": torch.ones(4), "y": torch.full((4,), 3.0)}
+    trainer = make([Scale(), named_loss], loss_weights={"loss": 0.5})
+
+    assert trainer.validate([batch]) == {"val/loss": 4.5, "val/loss/loss": 9.0}
+
+
 def test_unknown_loss_weight_is_an_error_with_a_suggestion():
     with pytest.raises(ValueError, match="loss_weights names 'mes'") as caught:
         make(loss_weights={"mes": 1.0})

@@ -119,7 +119,8 @@ class StageLoop:
     It builds the `Context` of every batch, moves batches to the device,
     sums the weighted losses (checking TRAIN losses for NaN and inf),
     records losses and metrics into an `EpochAggregate`, and keeps the
-    stateful metrics it has met so that each run starts them afresh.
+    stateful metrics that the metric nodes hold or have returned, so that
+    each run starts them afresh.
     """
 
     def __init__(
@@ -289,14 +290,21 @@ def _check_finite(total: torch.Tensor, terms: list[LossTerm], context: Context) 
 
 
 def _discover_stateful(pipeline: Any, metric_nodes: Sequence[str]) -> dict[int, Any]:
+    """The stateful metrics that metric module nodes hold, found before any run.
+
+    A node may be one itself, or hold one as a submodule or as a plain
+    attribute. Others (one a function node returns from elsewhere) are
+    known once a run has returned them.
+    """
     found: dict[int, Any] = {}
     for name in metric_nodes:
         item = pipeline.nodes[name]
         if not isinstance(item, torch.nn.Module):
             continue
         for child in item.modules():
-            if child is not item and is_stateful_metric(child):
-                found[id(child)] = child
+            for candidate in (child, *vars(child).values()):
+                if is_stateful_metric(candidate):
+                    found[id(candidate)] = candidate
     return found
 
 

@@ -66,7 +66,11 @@ class Trainer:
     share (see ``batch_size``); a `Metric` with a ``weight`` counts that
     many. Stateful metrics (objects with ``update``, ``compute`` and
     ``reset``, such as torchmetrics metrics) returned by a metric node are
-    computed once over the whole epoch and reset.
+    computed once over the whole epoch and reset. They are also reset
+    when every epoch and every evaluation call starts, so that calls to
+    ``forward`` in between leave no trace: a metric node that is one, or
+    holds one as a submodule or attribute, from the first call on; one
+    that a function node returns from elsewhere, from its first run on.
 
     Values are keyed ``"<stage>/<name>"``: ``"train/loss"`` is the weighted
     total, each loss output appears unweighted under its own name (under

@@ -308,6 +308,64 @@ def test_stateful_metric_is_computed_over_the_whole_epoch_and_reset():
     assert peak.state.values == []
 
 
+@metric(outputs="hit_rate")
+class HitRate(nn.Module):
+    """A metric node that is itself the update/compute/reset object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        self.hits, self.total = 0, 0
+
+    def update(self, pred: Tensor, y: Tensor) -> None:
+        self.hits += int((pred == y).sum())
+        self.total += pred.numel()
+
+    def compute(self) -> float:
+        return self.hits / self.total
+
+    def forward(self, pred: Tensor, y: Tensor) -> HitRate:
+        self.update(pred, y)
+        return self
+
+
+def test_a_metric_node_that_is_stateful_itself_is_reset_before_each_evaluation():
+    trainer = make([Scale(1.0), HitRate()], optimizer=None)
+    trainer.pipeline.requires_grad_(False)
+    miss = {"x": torch.ones(4), "y": torch.zeros(4)}
+    hit = {"x": torch.ones(4), "y": torch.ones(4)}
+    trainer.pipeline.forward(batch=miss, stage="val")
+
+    assert trainer.validate([hit]) == {"val/hit_rate": 1.0}
+    trainer.pipeline.forward(batch=miss, stage="test")
+    assert trainer.test([hit]) == {"test/hit_rate": 1.0}
+
+
+def test_a_stateful_attribute_of_a_metric_node_is_reset_before_the_first_run():
+    peak = Peak()
+    trainer = make([Scale(1.0), peak], optimizer=None)
+    trainer.pipeline.requires_grad_(False)
+    trainer.pipeline.forward(batch={"x": torch.full((2,), 9.0)}, stage="val")
+
+    assert trainer.validate(data(1)) == {"val/peak": 1.0}
+
+
+def test_a_stateful_metric_is_reset_at_the_start_of_every_train_epoch():
+    @metric(stages="train", outputs="hit_rate")
+    class TrainHitRate(HitRate):
+        pass
+
+    trainer = make([Scale(1.0), mse, TrainHitRate()], optimizer=sgd(0.0))
+    hit = {"x": torch.ones(4), "y": torch.ones(4)}
+    trainer.pipeline.forward(
+        batch={"x": torch.ones(4), "y": torch.zeros(4)}, stage="train"
+    )
+
+    assert trainer.fit([hit])["train/hit_rate"] == [1.0]
+
+
 def test_metric_node_may_report_metric_lists_and_dicts():
     @metric(outputs="metrics")
     def report(pred: Tensor, y: Tensor) -> list[Metric]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["OptimizerLike", "check_optimizer_source", "resolve_optimizer"]
+from ._errors import quoted
+
+__all__ = ["OptimizerLike", "check_optimizer_source", "resolve_optimizer", "step"]
 
 OptimizerLike = torch.optim.Optimizer | Callable[[list[torch.nn.Parameter]], Any]
 
@@ -63,6 +65,35 @@ def resolve_optimizer(
             f"lambda params: torch.optim.SGD(params, lr=0.1)"
         )
     return built  # type: ignore[no-any-return]
+
+
+def step(
+    optimizer: torch.optim.Optimizer,
+    total: torch.Tensor | None,
+    nodes: Sequence[str],
+    loss_nodes: Sequence[str],
+) -> None:
+    """Back-propagate one TRAIN batch's total loss and take an optimiser step.
+
+    ``nodes`` are the loss nodes that produced ``total``, ``loss_nodes``
+    every loss node of the pipeline; both only name names in errors.
+    """
+    if total is None:
+        known = quoted(loss_nodes) if loss_nodes else "(none)"
+        raise ValueError(
+            f"no loss node produced a value in stage TRAIN, so there is "
+            f"nothing to back-propagate (loss nodes: {known}).\n"
+            f"  Fix: add a @loss node that runs in TRAIN"
+        )
+    if not total.requires_grad:
+        raise ValueError(
+            f"the TRAIN loss (from {quoted(nodes)}) does not depend on any "
+            f"parameter that requires grad.\n  Fix: check that the trainable "
+            f"nodes feed the loss, and that no node detaches its output"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
 
 
 def _check_params(optimizer: torch.optim.Optimizer, pipeline: torch.nn.Module) -> None:

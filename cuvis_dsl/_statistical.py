@@ -14,13 +14,14 @@ and defaults exactly as a real run would, and the node itself never runs.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 
 from ._context import Context
-from ._errors import quoted
+from ._errors import CuvisDSLWarning, quoted
 from ._stages import ExecutionStage
 from ._state import is_initialized, mark_initialized
 from ._state import is_statistical as defines_statistics
@@ -33,6 +34,7 @@ __all__ = [
     "is_statistical",
     "mark_initialized",
     "statistical_nodes",
+    "warn_uninitialized",
 ]
 
 
@@ -66,6 +68,31 @@ def statistical_nodes(pipeline: Any, stage: ExecutionStage) -> list[str]:
         )
     order = pipeline.plan(stage).nodes
     return sorted(names, key=order.index)
+
+
+def warn_uninitialized(
+    pipeline: Any, stage: ExecutionStage, stacklevel: int = 2
+) -> None:
+    """Warn when statistical nodes that run in ``stage`` are not initialised.
+
+    ``stacklevel`` counts from the caller, as for `warnings.warn`.
+    """
+    pending = [
+        name
+        for name, item in pipeline.nodes.items()
+        if stage in pipeline.specs[name].stages
+        and is_statistical(item)
+        and not is_initialized(item)
+    ]
+    if pending:
+        warnings.warn(
+            f"statistical node(s) {quoted(pending)} are not initialised; "
+            f"running stage {stage.name} with them anyway.\n  Fix: call "
+            f"trainer.statistical_initialization(train_batches) or "
+            f"trainer.fit(...) first, or load a trained state",
+            CuvisDSLWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 class Batches:

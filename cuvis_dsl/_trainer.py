@@ -3,38 +3,38 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ._aggregate import BatchSize, EpochAggregate
-from ._callbacks import Callback, callback_states, restore_callback_states
-from ._checkpoint import capture_rng, read_checkpoint, restore_rng, write_checkpoint
+from ._callbacks import Callback
+from ._checkpoint import read_checkpoint, write_checkpoint
 from ._collect import Collector, outputs_by_name
 from ._context import Context
-from ._errors import CuvisDSLWarning, quoted
+from ._errors import CuvisDSLWarning
 from ._history import History
 from ._loop import StageLoop, preserved_modes
 from ._optim import (
     OptimizerLike,
     check_optimizer_source,
     resolve_optimizer,
+    step,
 )
+from ._resume import EpochPosition, checkpoint_state, load_state, restore_optimizer
 from ._stages import ExecutionStage, as_stage
 from ._statistical import (
     Batches,
     fit_statistics,
     is_initialized,
-    is_statistical,
-    mark_initialized,
     statistical_nodes,
+    warn_uninitialized,
 )
 
 __all__ = ["Trainer"]
@@ -187,10 +187,7 @@ class Trainer:
         self._optimizer: torch.optim.Optimizer | None = (
             optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
         )
-        self._next_batch = 0
-        self._epoch_rng: dict[str, Any] | None = None
-        self._train_aggregate: EpochAggregate | None = None
-        self._resume_point: dict[str, Any] | None = None
+        self._position = EpochPosition()
         if self.device is not None:
             pipeline.to(self.device)
 
@@ -311,7 +308,7 @@ class Trainer:
         with preserved_modes(self.pipeline):
             checkpoint = None if resume_from is None else read_checkpoint(resume_from)
             if checkpoint is not None:
-                self._load(checkpoint, resume_from)
+                load_state(self, checkpoint, resume_from)
             if self.epoch >= self.max_epochs:
                 _warn_nothing_to_do(self.epoch, self.max_epochs)
                 return self.history
@@ -319,7 +316,8 @@ class Trainer:
             self._initialize(self._pending(), batches)
             self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
             if checkpoint is not None:
-                self._resume(checkpoint)
+                restore_optimizer(self._optimizer, checkpoint)
+                self._position.resume_at(checkpoint)
             self._fit_epochs(batches, val_batches)
         return self.history
 
@@ -343,16 +341,14 @@ class Trainer:
             values.update(self._loop.evaluate(VAL, val, epoch, self.global_step))
         self.history.add(epoch, values)
         logger.info("epoch %d: %s", epoch, _format_values(values))
-        self.epoch, self._next_batch = epoch + 1, 0
-        self._train_aggregate = None
+        self.epoch = epoch + 1
+        self._position.end()
         self._call("on_epoch_end", epoch, dict(values))
         if self.checkpoint_dir is not None:
             self.save_checkpoint(self.checkpoint_dir / "last.pt")
 
     def _train_epoch(self, batches: Batches) -> dict[str, float]:
-        aggregate = EpochAggregate()
-        self._train_aggregate = aggregate
-        iterator, start = self._epoch_iterator(batches, aggregate)
+        iterator, start, aggregate = self._position.begin(batches, self.epoch)
         self._loop.reset_stateful()
         self.pipeline.train()
         count = start
@@ -361,7 +357,7 @@ class Trainer:
             bar = self._loop.bar(iterator, label, batches, start)
             for batch_idx, batch in enumerate(bar, start):
                 outputs = self._train_batch(batch, batch_idx, aggregate)
-                self._next_batch = batch_idx + 1
+                self._position.advance(batch_idx)
                 count += 1
                 self._call("on_train_batch_end", batch_idx, outputs)
         if count == 0:
@@ -373,61 +369,19 @@ class Trainer:
             )
         return self._loop.finish(aggregate, TRAIN)
 
-    def _epoch_iterator(
-        self, batches: Batches, aggregate: EpochAggregate
-    ) -> tuple[Iterator[Any], int]:
-        resume, self._resume_point = self._resume_point, None
-        if resume is None:
-            self._epoch_rng = capture_rng()
-            return iter(batches), 0
-        restore_rng(resume["epoch_rng"])
-        iterator = iter(batches)
-        start = resume["batch_idx"]
-        skipped = sum(1 for _ in itertools.islice(iterator, start))
-        if skipped < start:
-            raise ValueError(
-                f"the checkpoint was taken after {start} batches of epoch "
-                f"{self.epoch}, but the train batches now hold only {skipped}.\n"
-                f"  Fix: resume with the same training data"
-            )
-        restore_rng(resume["rng"])
-        aggregate.load_state_dict(resume["aggregate"])
-        self._epoch_rng = resume["epoch_rng"]
-        return iterator, start
-
     def _train_batch(
         self, batch: Any, batch_idx: int, aggregate: EpochAggregate
     ) -> dict[str, Any]:
         context = Context(TRAIN, self.epoch, batch_idx, self.global_step)
         run = self._loop.run(batch, context)
         if self._optimizer is not None:
-            self._step(run.total, [term.node for term in run.terms])
+            nodes = [term.node for term in run.terms]
+            step(self._optimizer, run.total, nodes, self._loop.collector.loss_nodes)
+            self.global_step += 1
         self._loop.record(aggregate, run)
         if not self.callbacks:
             return {}
         return outputs_by_name(run.by_node, self.pipeline.specs)
-
-    def _step(self, total: torch.Tensor | None, nodes: list[str]) -> None:
-        optimizer = self._optimizer
-        assert optimizer is not None
-        if total is None:
-            raise ValueError(
-                f"no loss node produced a value in stage TRAIN, so there is "
-                f"nothing to back-propagate (loss nodes: "
-                f"{quoted(self._loop.collector.loss_nodes) or '(none)'}).\n"
-                f"  Fix: add a @loss node that runs in TRAIN"
-            )
-        if not total.requires_grad:
-            raise ValueError(
-                f"the TRAIN loss (from {quoted(nodes)}) does not "
-                f"depend on any parameter that requires grad.\n  Fix: check "
-                f"that the trainable nodes feed the loss, and that no node "
-                f"detaches its output"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        self.global_step += 1
 
     # Evaluation
 
@@ -472,7 +426,7 @@ class Trainer:
         self, stage: ExecutionStage, batches: Iterable[Any]
     ) -> dict[str, float]:
         source = Batches(batches, stage.value)
-        self._warn_uninitialised(stage)
+        warn_uninitialized(self.pipeline, stage, stacklevel=3)
         with preserved_modes(self.pipeline):
             return self._loop.evaluate(stage, source, self.epoch, self.global_step)
 
@@ -494,7 +448,7 @@ class Trainer:
         [{'decision': tensor([False,  True])}]
         """
         source = Batches(batches, "inference")
-        self._warn_uninitialised(INFERENCE)
+        warn_uninitialized(self.pipeline, INFERENCE, stacklevel=2)
         with preserved_modes(self.pipeline):
             results = self._loop.predict(source, self.epoch, self.global_step, outputs)
         if not results:
@@ -504,22 +458,6 @@ class Trainer:
                 stacklevel=2,
             )
         return results
-
-    def _warn_uninitialised(self, stage: ExecutionStage) -> None:
-        pending = [
-            name
-            for name, item in self.pipeline.nodes.items()
-            if stage in self.pipeline.specs[name].stages and _needs_fit(item)
-        ]
-        if pending:
-            warnings.warn(
-                f"statistical node(s) {quoted(pending)} are not initialised; "
-                f"running stage {stage.name} with them anyway.\n  Fix: call "
-                f"trainer.statistical_initialization(train_batches) or "
-                f"trainer.fit(...) first, or load a trained state",
-                CuvisDSLWarning,
-                stacklevel=3,
-            )
 
     # Checkpoints
 
@@ -542,34 +480,7 @@ class Trainer:
         >>> state["epoch"], state["batch_idx"], state["global_step"]
         (0, 0, 0)
         """
-        mid_epoch = self._next_batch > 0 and self._train_aggregate is not None
-        if mid_epoch and self._train_aggregate.stateful:  # type: ignore[union-attr]
-            warnings.warn(
-                "a checkpoint taken mid-epoch does not hold the state of stateful "
-                "TRAIN metrics; after resuming, their value for this epoch covers "
-                "only the batches after the checkpoint",
-                CuvisDSLWarning,
-                stacklevel=2,
-            )
-        state = {
-            "pipeline": self.pipeline.state_dict(),
-            "optimizer": None
-            if self._optimizer is None
-            else self._optimizer.state_dict(),
-            "epoch": self.epoch,
-            "batch_idx": self._next_batch if mid_epoch else 0,
-            "global_step": self.global_step,
-            "history": self.history.state_dict(),
-            "callbacks": callback_states(self.callbacks),
-            "initialized": [
-                name
-                for name, item in self.pipeline.nodes.items()
-                if is_initialized(item)
-            ],
-            "rng": capture_rng(),
-            "epoch_rng": self._epoch_rng if mid_epoch else None,
-            "aggregate": self._train_aggregate.state_dict() if mid_epoch else None,  # type: ignore[union-attr]
-        }
+        state = checkpoint_state(self, self._position)
         written = write_checkpoint(state, path)
         logger.info(
             "checkpoint at epoch %d, batch %d, global step %d written to %s",
@@ -603,47 +514,11 @@ class Trainer:
         """
         checkpoint = read_checkpoint(path)
         with preserved_modes(self.pipeline):
-            self._load(checkpoint, path)
+            load_state(self, checkpoint, path)
         if checkpoint["optimizer"] is not None and self._optimizer_source is not None:
             self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
             if self._optimizer is not None:
                 self._optimizer.load_state_dict(checkpoint["optimizer"])
-
-    def _load(self, checkpoint: Mapping[str, Any], path: Any) -> None:
-        self.pipeline.load_state_dict(checkpoint["pipeline"])
-        for name in checkpoint["initialized"]:
-            if name in self.pipeline.nodes:
-                mark_initialized(self.pipeline.nodes[name])
-        self.epoch = checkpoint["epoch"]
-        self.global_step = checkpoint["global_step"]
-        self.history = History.from_state_dict(checkpoint["history"])
-        restore_callback_states(self.callbacks, checkpoint["callbacks"], path)
-        logger.info(
-            "loaded checkpoint %s: epoch %d, batch %d, global step %d",
-            path,
-            self.epoch,
-            checkpoint["batch_idx"],
-            self.global_step,
-        )
-
-    def _resume(self, checkpoint: Mapping[str, Any]) -> None:
-        saved = checkpoint["optimizer"]
-        if saved is not None and self._optimizer is None:
-            raise ValueError(
-                "the checkpoint holds an optimiser state but this trainer has no "
-                "optimiser.\n  Fix: pass the optimiser the run was started with"
-            )
-        if saved is not None:
-            self._optimizer.load_state_dict(saved)  # type: ignore[union-attr]
-        elif self._optimizer is not None:
-            warnings.warn(
-                "the checkpoint holds no optimiser state; the optimiser starts afresh",
-                CuvisDSLWarning,
-                stacklevel=3,
-            )
-        restore_rng(checkpoint["rng"])
-        if checkpoint["batch_idx"] > 0:
-            self._resume_point = dict(checkpoint)
 
     # Helpers
 
@@ -665,10 +540,6 @@ class Trainer:
 def _check_count(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _needs_fit(item: Any) -> bool:
-    return is_statistical(item) and not is_initialized(item)
 
 
 def _format_values(values: Mapping[str, float]) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cuvis_dsl._optim import check_optimizer_source, resolve_optimizer
+from cuvis_dsl._optim import check_optimizer_source, resolve_optimizer, step
 
 
 def test_callable_gets_only_parameters_that_require_grad():
@@ -46,3 +46,28 @@ def test_source_must_be_an_optimizer_a_callable_or_none():
     check_optimizer_source(lambda params: None)
     with pytest.raises(TypeError, match="Fix: optimizer=lambda params"):
         check_optimizer_source(0.1)
+
+
+def test_step_moves_the_parameters_down_the_loss_gradient():
+    weight = torch.tensor(1.0, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+
+    step(optimizer, 3 * weight, ["gap"], ["gap"])
+
+    assert weight.item() == pytest.approx(1.0 - 0.5 * 3)
+
+
+def test_step_without_a_loss_names_the_loss_nodes():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+
+    with pytest.raises(ValueError, match=r"loss nodes: 'bce'\)"):
+        step(optimizer, None, [], ["bce"])
+    with pytest.raises(ValueError, match=r"loss nodes: \(none\)\)"):
+        step(optimizer, None, [], [])
+
+
+def test_step_on_a_loss_without_grad_names_its_nodes():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+
+    with pytest.raises(ValueError, match=r"from 'bce'.*does not depend"):
+        step(optimizer, torch.tensor(1.0), ["bce"], ["bce"])

@@ -19,7 +19,7 @@ from ._ports import summarize
 from ._spec import NodeSpec
 from ._stages import ExecutionStage
 
-__all__ = ["Collector", "LossTerm", "metric_entries", "outputs_by_name"]
+__all__ = ["Collector", "LossTerm", "metric_entries"]
 
 ROLES = ("loss", "metric", "node")
 
@@ -177,47 +177,6 @@ def _apart_from_total(terms: list[LossTerm], total_key: str) -> list[LossTerm]:
         else term
         for term in terms
     ]
-
-
-def outputs_by_name(
-    by_node: Mapping[str, Mapping[str, Any]], specs: Mapping[str, NodeSpec]
-) -> dict[str, Any]:
-    """The run's outputs by name, as `Pipeline.forward` returns them.
-
-    A name several nodes produce maps to the list of their values in node
-    name order; a node that rebinds a name hides the name's producer; the
-    values of undeclared outputs follow a declared value of the same name.
-    """
-    declared: dict[str, dict[str, tuple[bool, Any]]] = {}
-    undeclared: dict[str, dict[str, Any]] = {}
-    for node in by_node:
-        spec = specs[node]
-        wires = {port.wire for port in spec.inputs}
-        for output, value in by_node[node].items():
-            if spec.returns == "undeclared":
-                undeclared.setdefault(output, {})[node] = value
-            else:
-                declared.setdefault(output, {})[node] = (output in wires, value)
-    names = dict.fromkeys([*declared, *_sorted_keys(undeclared)])
-    return {name: _values_of(name, declared, undeclared) for name in names}
-
-
-def _sorted_keys(undeclared: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Undeclared names in the order their first node (by name) returns them."""
-    return sorted(undeclared, key=lambda name: min(undeclared[name]))
-
-
-def _values_of(
-    name: str,
-    declared: Mapping[str, Mapping[str, tuple[bool, Any]]],
-    undeclared: Mapping[str, Mapping[str, Any]],
-) -> Any:
-    found = declared.get(name, {})
-    rebound = [found[node][1] for node in sorted(found) if found[node][0]]
-    values = rebound or [found[node][1] for node in sorted(found)]
-    extra = undeclared.get(name, {})
-    values += [extra[node] for node in sorted(extra)]
-    return values[0] if len(values) == 1 else values
 
 
 def _holds_metrics(value: Any) -> bool:

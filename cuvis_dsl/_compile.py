@@ -76,9 +76,14 @@ class Program:
         batch: Mapping[str, Any],
         context: Context,
         checks: bool,
-        by_node: bool = False,
-    ) -> dict[str, Any]:
-        """Run the steps; outputs by name, or by node and output when ``by_node``."""
+        view: str = "outputs",
+    ) -> Any:
+        """Run the steps and return the outputs in one view.
+
+        ``view`` is ``"outputs"`` (values by name, as `Pipeline.forward`
+        returns them), ``"nodes"`` (by node, then output) or ``"both"`` (a
+        pair of the two).
+        """
         vals: list[Any] = [None] * self.size
         vals[CONTEXT_SLOT] = context
         for key, slot in self.batch_slots:
@@ -110,9 +115,11 @@ class Program:
         except Exception as exc:
             self._annotate(exc, index, vals, context)
             raise
-        if by_node:
+        if view == "outputs":
+            return self._collect(vals, extras)
+        if view == "nodes":
             return self._by_node(vals, extras)
-        return self._collect(vals, extras)
+        return self._collect(vals, extras), self._by_node(vals, extras)
 
     def _check(
         self, info: StepInfo, inputs: bool, vals: list[Any], bindings: Bindings

@@ -104,10 +104,11 @@ class LazySize:
 
 @attrs.frozen
 class BatchRun:
-    """One batch's run: each node's outputs, the loss terms and their total."""
+    """One batch's run: its outputs by name and by node, the loss terms and total."""
 
     stage: ExecutionStage
     batch: Mapping[str, Any]
+    outputs: dict[str, Any]
     by_node: dict[str, dict[str, Any]]
     terms: list[LossTerm]
     total: torch.Tensor | None
@@ -146,10 +147,12 @@ class StageLoop:
     ) -> BatchRun:
         """Run one batch and sum its weighted losses; record them if asked."""
         prepared = self.prepare(batch)
-        by_node = self.pipeline.forward_by_node(batch=prepared, context=context)
+        outputs, by_node = self.pipeline.run_views(
+            prepared, context, None, None, None, view="both"
+        )
         terms = self.collector.losses(by_node, context.stage)
         total = self._total(terms, context)
-        result = BatchRun(context.stage, batch, by_node, terms, total)
+        result = BatchRun(context.stage, batch, outputs, by_node, terms, total)
         if aggregate is not None:
             self.record(aggregate, result)
         return result

@@ -170,11 +170,23 @@ class Pipeline(torch.nn.Module):
         >>> Pipeline([a, b]).forward_by_node(batch={"x": 1}, stage="val")
         {'a': {'part': 2}, 'b': {'part': 2}}
         """
+        return self.run_views(batch, context, stage, outputs, checks, view="nodes")  # type: ignore[no-any-return]
+
+    def run_views(
+        self,
+        batch: Mapping[str, Any] | None,
+        context: Context | None,
+        stage: ExecutionStage | str | None,
+        outputs: str | Sequence[str] | None,
+        checks: bool | None,
+        view: str,
+    ) -> Any:
+        """One run, returned as `forward`'s outputs, by node, or ``"both"``."""
         context = _context(context, stage)
         batch = {} if batch is None else batch
         plan = self._cached_plan(batch, context, outputs)
-        return plan.program.run(  # type: ignore[return-value]
-            batch, context, self.checks if checks is None else checks, by_node=True
+        return plan.program.run(
+            batch, context, self.checks if checks is None else checks, view=view
         )
 
     def inputs_of(

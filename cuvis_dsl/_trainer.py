@@ -16,7 +16,7 @@ import torch
 from ._aggregate import BatchSize, EpochAggregate
 from ._callbacks import Callback
 from ._checkpoint import read_checkpoint, write_checkpoint
-from ._collect import Collector, outputs_by_name
+from ._collect import Collector
 from ._context import Context
 from ._errors import CuvisDSLWarning
 from ._history import History
@@ -381,7 +381,7 @@ class Trainer:
         self._loop.record(aggregate, run)
         if not self.callbacks:
             return {}
-        return outputs_by_name(run.by_node, self.pipeline.specs)
+        return run.outputs
 
     # Evaluation
 

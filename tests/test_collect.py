@@ -19,7 +19,7 @@ from cuvis_dsl import (
     node,
 )
 from cuvis_dsl._aggregate import EpochAggregate
-from cuvis_dsl._collect import Collector, metric_entries, outputs_by_name
+from cuvis_dsl._collect import Collector, metric_entries
 
 VAL = ExecutionStage.VAL
 
@@ -218,21 +218,3 @@ def right(pred: Tensor) -> Tensor:
 @node
 def combine(part: Annotated[list[Tensor], PortSpec(variadic=True)]) -> Tensor:
     return torch.stack(part).sum()
-
-
-def test_outputs_by_name_are_what_forward_returns():
-    nodes = [pred, sharpen, left, right, combine, Scores(), OtherScores()]
-    pipe = Pipeline(nodes)
-    batch = {"x": torch.tensor([1.0, 2.0])}
-
-    by_node = pipe.forward_by_node(batch=batch, stage="val")
-    merged = outputs_by_name(by_node, pipe.specs)
-
-    expected = pipe.forward(batch=batch, stage="val")
-    assert list(merged) == list(expected)
-    for name, value in expected.items():
-        if isinstance(value, list):
-            assert all(torch.equal(a, b) for a, b in zip(merged[name], value))
-            assert len(merged[name]) == len(value)
-        else:
-            assert torch.equal(merged[name], value)

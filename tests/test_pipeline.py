@@ -567,3 +567,18 @@ def test_inputs_of_a_node_outside_the_stage_is_an_error():
 
     with pytest.raises(MissingInputError, match="does not run in VAL"):
         Pipeline([only_train]).inputs_of("only_train", {"x": 1}, stage="val")
+
+
+def test_run_views_both_gives_forward_and_by_node_from_one_run(calls):
+    @node
+    def counted(x: Tensor) -> Tensor:
+        calls["counted"] += 1
+        return x + 1
+
+    pipe = Pipeline([counted, SecondLoss(), FirstLoss()])
+    batch = {"x": torch.ones(2)}
+    outputs, by_node = pipe.run_views(batch, None, "val", None, None, view="both")
+    assert calls["counted"] == 1
+    assert set(outputs) == set(pipe.forward(batch=batch, stage="val"))
+    assert [float(v) for v in outputs["loss"]] == [2.0, 4.0]
+    assert set(by_node) == {"counted", "first_loss", "second_loss"}

@@ -247,6 +247,14 @@ def test_check_pipeline_reports_a_required_input_whose_producer_is_skipped():
     assert "runs in TRAIN" in str(error)
 
 
+def test_check_pipeline_reports_given_batches_that_lack_a_required_input():
+    with pytest.raises(PipelineCheckError) as caught:
+        check_pipeline(Pipeline([scores, top]), batches=st.just({}), max_examples=2)
+    error = caught.value
+    assert (error.check, error.node, error.batch) == ("plan", "scores", "(empty)")
+    assert "input 'cube' of node 'scores'" in str(error)
+
+
 def test_check_pipeline_finds_an_output_that_breaks_its_shape_on_some_batch():
     @node
     def squeezed(cube: Cube) -> Scores:

@@ -33,7 +33,7 @@ from ._observe import (
     preserved_state,
     trainer_conditions,
 )
-from ._reference import expected_run
+from ._reference import Expected, expected_run
 from .strategies import batches as batch_strategy
 from .strategies import contexts, requested_outputs
 
@@ -155,10 +155,9 @@ class _Session:
         context: Context,
         request: tuple[str, ...] | None,
     ) -> None:
+        planned = self.plan(stage, None, batch).nodes
         calls, result = self.run(batch, context, None)
-        check_executed(
-            self.plan(stage, None, batch).nodes, calls, self.expect(stage, None)
-        )
+        check_executed(planned, calls, self.expect(stage, None))
         check_specs(self.specs, calls)
         check_mutation(calls)
         check_roles(self.specs, stage, result)
@@ -167,11 +166,11 @@ class _Session:
             again, _ = self.run(batch, context, None)
             check_same_runs(self.specs, calls, again, stage)
         if request is not None:
+            planned = self.plan(stage, request, batch).nodes
             some, _ = self.run(batch, context, request)
-            plan = self.plan(stage, request, batch)
-            check_executed(plan.nodes, some, self.expect(stage, request))
+            check_executed(planned, some, self.expect(stage, request))
 
-    def expect(self, stage: ExecutionStage, request: Iterable[str] | None) -> Any:
+    def expect(self, stage: ExecutionStage, request: Iterable[str] | None) -> Expected:
         return expected_run(self.specs, stage, request)
 
     def plan(
@@ -203,8 +202,6 @@ class _Session:
                 result = self.observed.forward(
                     batch=batch, context=context, outputs=request, checks=False
                 )
-            except WiringError:
-                raise
             except Exception as exc:
                 check_specs(self.specs, calls)
                 add_note(

@@ -167,3 +167,24 @@ def test_missing_earthlib_is_reported_with_the_install_command(
     assert not spectra.earthlib_available()
     with pytest.raises(RuntimeError, match=r"pip install earthlib==1\.1\.0"):
         spectra.load_spectra()
+
+
+@needs_data
+def test_anomaly_pipeline_passes_the_property_checker_on_real_spectra():
+    import anomaly_detection
+    import torch
+    from hypothesis import strategies as st
+
+    from cuvis_dsl import Trainer
+    from cuvis_dsl.testing import check_pipeline
+
+    splits = spectra.anomaly_splits(spectra.load_spectra(), seed=0, limit=300)
+    pipe = anomaly_detection.build_pipeline(bands=splits["train"].x.shape[1])
+    trainer = Trainer(pipe, statistical_stage="val", progress=False)
+    trainer.statistical_initialization(anomaly_detection.Batches(splits["train"]))
+    x = torch.from_numpy(splits["val"].x)
+    y = torch.from_numpy(splits["val"].y).float()
+    rows = st.lists(st.integers(0, len(x) - 1), min_size=1, max_size=16)
+    real_batches = rows.map(lambda r: {"spectra": x[r], "label": y[r]})
+
+    check_pipeline(pipe, real_batches, max_examples=20)

@@ -357,9 +357,9 @@ def _general_getter(entries: list[tuple[str, str, Any, Any]]) -> Callable[..., A
     for kind, name, source, default in entries:
         if kind == "varargs":
             star = source
-        elif source is _MISSING and kind == "keyword":
-            skipping = True
-        elif source is _MISSING and kind == "positional" and not by_position:
+        elif source is _MISSING and (
+            kind == "keyword" or (kind == "positional" and not by_position)
+        ):
             skipping = True
         elif kind == "keyword" or (skipping and kind == "positional"):
             keyword.append((name, source))

@@ -148,9 +148,8 @@ def _unpartial(
         return func, func.func, frozenset(func.keywords)
     if inspect.isfunction(func) or inspect.ismethod(func):
         return func, None, frozenset()
-    call = getattr(type(func), "__call__", None)
-    if call is not None and not inspect.isclass(func) and not inspect.isbuiltin(func):
-        return func, call, frozenset({"self"})
+    if callable(func) and not inspect.isclass(func) and not inspect.isbuiltin(func):
+        return func, type(func).__call__, frozenset({"self"})
     return func, None, frozenset()
 
 

@@ -21,7 +21,7 @@ __all__ = [
     "summarize",
 ]
 
-Dim = Union[int, str]
+Dim = int | str
 Bindings = dict[str, tuple[int, str]]
 Check = Callable[[Any, Bindings, str], None]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from enum import Enum
-from typing import Union
 
 __all__ = ["ExecutionStage", "StageSet", "StagesLike", "as_stage", "as_stages"]
 
@@ -124,7 +123,7 @@ class StageSet(frozenset):  # type: ignore[type-arg]
         return "|".join(stage.name for stage in self)
 
 
-StagesLike = Union[ExecutionStage, StageSet, str, Iterable[ExecutionStage | str]]
+StagesLike = ExecutionStage | StageSet | str | Iterable[ExecutionStage | str]
 
 
 def _expand(stages: object) -> frozenset[ExecutionStage]:

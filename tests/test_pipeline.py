@@ -195,9 +195,7 @@ def test_missing_batch_key_is_reported_before_any_node_runs(pipe, calls):
         ("mae", "target"),
         ("mse", "target"),
     }
-    assert "Available: 'features', 'load', 'mse', 'raw', 'scores'." in str(
-        info.value
-    )
+    assert "Available: 'features', 'load', 'mse', 'raw', 'scores'." in str(info.value)
     assert not calls
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import did_you_mean, quoted
+from ._errors import CuvisDSLWarning, did_you_mean, quoted
 
 if TYPE_CHECKING:
     from ._trainer import Trainer
@@ -247,17 +248,36 @@ def callback_states(callbacks: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def restore_callback_states(
-    callbacks: Sequence[Any], states: Sequence[Mapping[str, Any]], path: Any
+    callbacks: Sequence[Any],
+    states: Sequence[Mapping[str, Any]],
+    path: Any,
+    strict: bool = True,
 ) -> None:
-    """Hand each callback its saved state; the callbacks must match the saved ones."""
+    """Hand each callback its saved state; the callbacks must match the saved ones.
+
+    With ``strict=False`` (loading a checkpoint to evaluate it), callbacks
+    that do not match keep their own state: silently when the trainer has
+    none, with a warning otherwise.
+    """
     saved = [state["class"] for state in states]
     mine = [type(callback).__name__ for callback in callbacks]
-    if saved != mine:
+    if saved != mine and strict:
         raise ValueError(
             f"the checkpoint {str(path)!r} was written with callbacks {saved}, "
             f"this trainer has {mine}; their states cannot be matched.\n"
             f"  Fix: pass the same callbacks, in the same order"
         )
+    if saved != mine:
+        if callbacks:
+            warnings.warn(
+                f"the checkpoint {str(path)!r} was written with callbacks "
+                f"{saved}, this trainer has {mine}; their states are not "
+                f"restored, and fit cannot resume from this checkpoint.\n"
+                f"  Fix: pass the same callbacks, in the same order, to resume",
+                CuvisDSLWarning,
+                stacklevel=4,
+            )
+        return
     for callback, state in zip(callbacks, states):
         if hasattr(callback, "load_state_dict"):
             callback.load_state_dict(state["state"])

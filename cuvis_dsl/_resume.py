@@ -8,6 +8,12 @@ are done, the random state at the start of the epoch (so that a shuffling
 loader yields the same order again) and the epoch's sums so far. Resuming
 skips the batches that are done and continues with the next one, so the
 run goes on as if it had never stopped.
+
+Loading a checkpoint restores the pipeline, counters, history and
+callbacks at once; the optimiser state, the random states and the
+position are applied by the next fit, once it has built the optimiser
+(see `LoadedCheckpoint`). So ``load_checkpoint(path)`` followed by
+``fit(...)`` continues exactly as ``fit(..., resume_from=path)`` does.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import torch
 
 from ._aggregate import EpochAggregate
 from ._callbacks import callback_states, restore_callback_states
-from ._checkpoint import capture_rng, restore_rng
+from ._checkpoint import capture_rng, read_checkpoint, restore_rng
 from ._errors import CuvisDSLWarning
 from ._history import History
 from ._statistical import is_initialized, mark_initialized
@@ -30,7 +37,13 @@ from ._statistical import is_initialized, mark_initialized
 if TYPE_CHECKING:
     from ._trainer import Trainer
 
-__all__ = ["EpochPosition", "checkpoint_state", "load_state", "restore_optimizer"]
+__all__ = [
+    "EpochPosition",
+    "LoadedCheckpoint",
+    "checkpoint_state",
+    "load_checkpoint_into",
+    "restore_optimizer",
+]
 
 logger = logging.getLogger("cuvis_dsl.trainer")
 
@@ -90,6 +103,8 @@ class EpochPosition:
 
     def resume_at(self, checkpoint: Mapping[str, Any]) -> None:
         """Restore the random state; mid-epoch, let `begin` skip the done batches."""
+        self.end()
+        self._resume = None
         restore_rng(checkpoint["rng"])
         if checkpoint["batch_idx"] > 0:
             self._resume = dict(checkpoint)
@@ -113,10 +128,46 @@ class EpochPosition:
         }
 
 
-def checkpoint_state(trainer: Trainer, position: EpochPosition) -> dict[str, Any]:
+POSITION_KEYS = ("rng", "batch_idx", "epoch_rng", "aggregate")
+
+
+@attrs.frozen
+class LoadedCheckpoint:
+    """A checkpoint loaded into a trainer, whose training state is still pending.
+
+    The next `Trainer.fit` applies the optimiser state, the random states
+    and the position in the epoch, after it has built the optimiser.
+    Until then a new checkpoint keeps this one's position and random
+    states, since nothing has trained since.
+    """
+
+    checkpoint: Mapping[str, Any]
+    path: str
+
+    def apply(
+        self, optimizer: torch.optim.Optimizer | None, position: EpochPosition
+    ) -> None:
+        """Restore the optimiser state, the random states and the position."""
+        restore_optimizer(optimizer, self.checkpoint)
+        position.resume_at(self.checkpoint)
+
+    def check_callbacks(self, callbacks: list[Any]) -> None:
+        """Hand the callbacks their saved states; they must match the saved ones."""
+        restore_callback_states(callbacks, self.checkpoint["callbacks"], self.path)
+
+    def position_state(self) -> dict[str, Any]:
+        return {key: self.checkpoint[key] for key in POSITION_KEYS}
+
+
+def checkpoint_state(
+    trainer: Trainer,
+    position: EpochPosition,
+    loaded: LoadedCheckpoint | None = None,
+) -> dict[str, Any]:
     """Everything needed to resume ``trainer`` exactly, as plain values."""
     optimizer = trainer.optimizer
     pipeline = trainer.pipeline
+    where = {"rng": capture_rng(), **position.state_dict()}
     return {
         "pipeline": pipeline.state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
@@ -127,13 +178,22 @@ def checkpoint_state(trainer: Trainer, position: EpochPosition) -> dict[str, Any
         "initialized": [
             name for name, item in pipeline.nodes.items() if is_initialized(item)
         ],
-        "rng": capture_rng(),
-        **position.state_dict(),
+        **(where if loaded is None else loaded.position_state()),
     }
 
 
-def load_state(trainer: Trainer, checkpoint: Mapping[str, Any], path: Any) -> None:
-    """Load the pipeline, counters, history and callbacks of ``checkpoint``."""
+def load_checkpoint_into(
+    trainer: Trainer, path: Any, *, resuming: bool
+) -> LoadedCheckpoint:
+    """Load the pipeline, counters, history and callbacks of the checkpoint.
+
+    When ``resuming`` (a fit continues from it) the callbacks must match
+    the saved ones; otherwise callbacks that do not match are left alone.
+    """
+    checkpoint = read_checkpoint(path)
+    restore_callback_states(
+        trainer.callbacks, checkpoint["callbacks"], path, strict=resuming
+    )
     pipeline = trainer.pipeline
     pipeline.load_state_dict(checkpoint["pipeline"])
     for name in checkpoint["initialized"]:
@@ -142,7 +202,6 @@ def load_state(trainer: Trainer, checkpoint: Mapping[str, Any], path: Any) -> No
     trainer.epoch = checkpoint["epoch"]
     trainer.global_step = checkpoint["global_step"]
     trainer.history = History.from_state_dict(checkpoint["history"])
-    restore_callback_states(trainer.callbacks, checkpoint["callbacks"], path)
     logger.info(
         "loaded checkpoint %s: epoch %d, batch %d, global step %d",
         path,
@@ -150,6 +209,7 @@ def load_state(trainer: Trainer, checkpoint: Mapping[str, Any], path: Any) -> No
         checkpoint["batch_idx"],
         trainer.global_step,
     )
+    return LoadedCheckpoint(checkpoint, str(path))
 
 
 def restore_optimizer(

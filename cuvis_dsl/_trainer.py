@@ -15,7 +15,7 @@ import torch
 
 from ._aggregate import BatchSize, EpochAggregate
 from ._callbacks import Callback
-from ._checkpoint import read_checkpoint, write_checkpoint
+from ._checkpoint import write_checkpoint
 from ._collect import Collector
 from ._context import Context
 from ._errors import CuvisDSLWarning
@@ -27,7 +27,12 @@ from ._optim import (
     resolve_optimizer,
     step,
 )
-from ._resume import EpochPosition, checkpoint_state, load_state, restore_optimizer
+from ._resume import (
+    EpochPosition,
+    LoadedCheckpoint,
+    checkpoint_state,
+    load_checkpoint_into,
+)
 from ._stages import ExecutionStage, as_stage
 from ._statistical import (
     Batches,
@@ -188,6 +193,7 @@ class Trainer:
             optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
         )
         self._position = EpochPosition()
+        self._loaded: LoadedCheckpoint | None = None
         if self.device is not None:
             pipeline.to(self.device)
 
@@ -306,18 +312,19 @@ class Trainer:
         batches = Batches(train, "train")
         val_batches = None if val is None else Batches(val, "val")
         with preserved_modes(self.pipeline):
-            checkpoint = None if resume_from is None else read_checkpoint(resume_from)
-            if checkpoint is not None:
-                load_state(self, checkpoint, resume_from)
+            if resume_from is not None:
+                self._loaded = load_checkpoint_into(self, resume_from, resuming=True)
+            elif self._loaded is not None:
+                self._loaded.check_callbacks(self.callbacks)
             if self.epoch >= self.max_epochs:
                 _warn_nothing_to_do(self.epoch, self.max_epochs)
                 return self.history
             self._reject_empty(batches)
             self._initialize(self._pending(), batches)
             self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
-            if checkpoint is not None:
-                restore_optimizer(self._optimizer, checkpoint)
-                self._position.resume_at(checkpoint)
+            if self._loaded is not None:
+                self._loaded.apply(self._optimizer, self._position)
+                self._loaded = None
             self._fit_epochs(batches, val_batches)
         return self.history
 
@@ -480,7 +487,7 @@ class Trainer:
         >>> state["epoch"], state["batch_idx"], state["global_step"]
         (0, 0, 0)
         """
-        state = checkpoint_state(self, self._position)
+        state = checkpoint_state(self, self._position, self._loaded)
         written = write_checkpoint(state, path)
         logger.info(
             "checkpoint at epoch %d, batch %d, global step %d written to %s",
@@ -494,9 +501,13 @@ class Trainer:
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Load a checkpoint's pipeline, optimiser, counters, history and callbacks.
 
-        Use this to evaluate a saved state; to continue training, pass the
-        path to ``fit(..., resume_from=path)``, which also restores the
-        random states and the position inside an epoch.
+        Use this to evaluate a saved state, or to continue training: the
+        next `fit` applies the optimiser state, the random states and the
+        position inside an epoch, so that it continues exactly as
+        ``fit(..., resume_from=path)`` would. Callbacks that differ from
+        the run's keep their own state (with a warning when the trainer
+        has any); a `fit` that continues from the checkpoint needs the
+        run's callbacks.
 
         Examples
         --------
@@ -512,13 +523,13 @@ class Trainer:
         >>> fresh.epoch, fresh.history["train/gap"]
         (2, [1.0, 1.0])
         """
-        checkpoint = read_checkpoint(path)
         with preserved_modes(self.pipeline):
-            load_state(self, checkpoint, path)
-        if checkpoint["optimizer"] is not None and self._optimizer_source is not None:
+            self._loaded = load_checkpoint_into(self, path, resuming=False)
+        saved = self._loaded.checkpoint["optimizer"]
+        if saved is not None and self._optimizer_source is not None:
             self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
             if self._optimizer is not None:
-                self._optimizer.load_state_dict(checkpoint["optimizer"])
+                self._optimizer.load_state_dict(saved)
 
     # Helpers
 

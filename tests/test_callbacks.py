@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from cuvis_dsl import BestCheckpoint, Callback, EarlyStopping
+from cuvis_dsl import BestCheckpoint, Callback, CuvisDSLWarning, EarlyStopping
 from cuvis_dsl._callbacks import callback_states, restore_callback_states
 
 
@@ -82,3 +84,17 @@ def test_callback_states_must_match_the_callbacks():
 
     with pytest.raises(ValueError, match=r"\['EarlyStopping'\], this trainer has \[\]"):
         restore_callback_states([], states, "ckpt.pt")
+
+
+def test_unmatched_callbacks_keep_their_state_when_not_strict():
+    states = callback_states([EarlyStopping("val/loss")])
+    states[0]["state"] = {"best": 0.5, "wait": 2}
+    best = BestCheckpoint("val/loss", path="best.pt")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restore_callback_states([], states, "ckpt.pt", strict=False)
+    with pytest.warns(CuvisDSLWarning, match="states are not restored"):
+        restore_callback_states([best], states, "ckpt.pt", strict=False)
+
+    assert best.best is None

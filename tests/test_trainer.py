@@ -679,6 +679,50 @@ def test_load_checkpoint_restores_pipeline_counters_and_history(tmp_path):
     assert fresh.optimizer is not None
 
 
+def test_load_checkpoint_for_evaluation_ignores_the_runs_callbacks(tmp_path):
+    stopper = EarlyStopping(monitor="train/loss")
+    trainer = make(max_epochs=1, callbacks=[stopper], checkpoint_dir=tmp_path)
+    trainer.fit(data(2))
+
+    fresh = make(optimizer=None)
+    fresh.load_checkpoint(tmp_path / "last.pt")
+
+    assert fresh.epoch == 1
+    assert fresh.validate(data(1)) == trainer.validate(data(1))
+
+
+def test_fit_after_load_checkpoint_needs_the_runs_callbacks(tmp_path):
+    stopper = EarlyStopping(monitor="train/loss")
+    make(max_epochs=1, callbacks=[stopper], checkpoint_dir=tmp_path).fit(data(2))
+    other = make(
+        max_epochs=2, callbacks=[BestCheckpoint("train/loss", tmp_path / "b.pt")]
+    )
+
+    with pytest.warns(CuvisDSLWarning, match="their states are not restored"):
+        other.load_checkpoint(tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="cannot be matched"):
+        other.fit(data(2))
+    assert other.global_step == 2
+
+
+def test_checkpoint_saved_right_after_loading_keeps_the_position(tmp_path):
+    class SaveAt(Callback):
+        def on_train_batch_end(self, trainer, batch_idx, outputs) -> None:
+            if (trainer.epoch, batch_idx) == (1, 0):
+                trainer.save_checkpoint(tmp_path / "mid.pt")
+
+    make(max_epochs=2, callbacks=[SaveAt()]).fit(data(3))
+    fresh = make(max_epochs=2, callbacks=[SaveAt()])
+    fresh.load_checkpoint(tmp_path / "mid.pt")
+
+    fresh.save_checkpoint(tmp_path / "again.pt")
+
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    original = torch.load(tmp_path / "mid.pt", weights_only=True)
+    assert (again["batch_idx"], again["global_step"]) == (1, 4)
+    assert torch.equal(again["rng"]["torch"], original["rng"]["torch"])
+
+
 # History, progress and logging
 
 

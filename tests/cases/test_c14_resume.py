@@ -167,6 +167,37 @@ def test_resume_from_mid_epoch_checkpoint_continues_at_the_next_batch(
     assert_same_run(uninterrupted, first_log + second_log, pipe, second)
 
 
+def test_load_checkpoint_then_fit_matches_uninterrupted_run(uninterrupted, tmp_path):
+    _, first, train, val = setup(seed=0, max_epochs=1, checkpoint_dir=tmp_path)
+    first_log = run(first, train, val)
+
+    pipe, second, train, val = setup(seed=123, max_epochs=3)
+    second.load_checkpoint(tmp_path / "last.pt")
+    torch.manual_seed(99)
+    second_log = run(second, train, val)
+
+    assert_same_run(uninterrupted, first_log + second_log, pipe, second)
+
+
+def test_load_checkpoint_mid_epoch_then_fit_never_repeats_a_step(
+    uninterrupted, tmp_path
+):
+    path = tmp_path / "mid.pt"
+    _, first, train, val = setup(
+        seed=0, max_epochs=3, callbacks=[SaveAndCrash(path, at=(1, 0))]
+    )
+    first_log = run(first, train, val)
+
+    pipe, second, train, val = setup(
+        seed=123, max_epochs=3, callbacks=[SaveAndCrash(path, at=None)]
+    )
+    second.load_checkpoint(path)
+    second_log = run(second, train, val)
+
+    assert second_log[0] == ("train", 1, 1, 4)
+    assert_same_run(uninterrupted, first_log + second_log, pipe, second)
+
+
 def test_mid_epoch_resume_with_shorter_data_is_an_error(tmp_path):
     path = tmp_path / "mid.pt"
     _, first, train, val = setup(

@@ -438,8 +438,11 @@ def _undeclared_handler(
         if result is None:
             return
         if not isinstance(result, Mapping):
-            raise _shape_error(
-                spec.name, (), f"returned {summarize(result)}, not a dict"
+            raise TypeError(
+                f"node {spec.name!r} ({spec.location}) returned "
+                f"{summarize(result)}; a node without declared outputs returns "
+                f"a dict of them.\n  Fix: return {{'{spec.name}': ...}}, or "
+                f"declare the outputs (OUTPUT_SPECS or outputs=)"
             )
         extras[spec.name] = result
 
@@ -447,10 +450,17 @@ def _undeclared_handler(
 
 
 def _shape_error(node: str, names: tuple[str, ...], what: str) -> TypeError:
-    declared = ", ".join(names) or "(undeclared)"
+    declared = ", ".join(repr(name) for name in names)
+    hint = (
+        f"\n  Fix: for one output write outputs={names[0]!r} (a string), and "
+        f"the return value is that output whatever its type"
+        if len(names) == 1
+        else ""
+    )
     return TypeError(
-        f"node {node!r} {what}; it declares outputs ({declared}), so it must "
-        f"return a tuple of {len(names)} values or a mapping with these keys"
+        f"node {node!r} {what}; it declares the outputs ({declared}), so it "
+        f"must return a tuple of {len(names)} values or a mapping with these "
+        f"keys{hint}"
     )
 
 

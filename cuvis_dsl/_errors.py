@@ -62,6 +62,7 @@ class Problem:
     summary: str
     details: tuple[str, ...] = ()
     fix: str | None = None
+    involved: tuple[str, ...] = ()
 
     def render(self) -> str:
         lines = [self.summary, *self.details]
@@ -124,8 +125,16 @@ class WiringError(ValueError):
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        """Names of the nodes involved, in report order, without repeats."""
-        names = (p.node for p in self.problems if p.node is not None)
+        """Names of the nodes involved, in report order, without repeats.
+
+        For a cycle, every node on it, in the order of the cycle.
+        """
+        names = (
+            name
+            for problem in self.problems
+            for name in (problem.node, *problem.involved)
+            if name is not None
+        )
         return tuple(dict.fromkeys(names))
 
     @property

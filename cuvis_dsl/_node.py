@@ -131,6 +131,14 @@ class FunctionNode:
         declaration.update({k: v for k, v in changes.items() if v is not None})
         return FunctionNode(self.func, localns=self._localns, **declaration)
 
+    def __copy__(self) -> FunctionNode:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FunctionNode:
+        # A node holds no state of its own; sharing it is what copying a
+        # plain function does too, and works for lambdas and local functions.
+        return self
+
     def __reduce__(self) -> tuple[Any, ...]:
         if _module_global(self.func) is self:
             return (_import_global, (self.func.__module__, self.func.__qualname__))
@@ -164,7 +172,7 @@ def _node_name(func: Callable[..., Any], name: str | None) -> str:
     if guessed == "<lambda>":
         raise DefinitionError(
             f"a lambda node ({source_location(func)}) needs a name: write "
-            f"node(lambda ..., name='double')",
+            f"node(lambda ..., name='<a name>')",
             node="<lambda>",
         )
     if isinstance(func, functools.partial) or not isinstance(guessed, str):

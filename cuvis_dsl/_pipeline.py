@@ -352,12 +352,15 @@ class Pipeline(torch.nn.Module):
         state = dict(self.__dict__)
         state.pop("_plans", None)
         state.pop("_targets", None)
-        state.pop("_wiring", None)
+        # The specs are kept as built: re-reading them from the nodes could
+        # pick up later changes to a module node's declaration.
+        state["_wiring"] = list(self._wiring.specs.values())
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        specs = state.pop("_wiring")
         self.__dict__.update(state)
-        self._wiring = Wiring([spec_of(item) for item in self._items.values()])
+        self._wiring = Wiring(specs)
         self._targets = {n: call_target_of(item) for n, item in self._items.items()}
         self._plans = {}
 

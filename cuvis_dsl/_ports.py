@@ -247,7 +247,7 @@ def _runtime_classes(annotation: Any) -> tuple[type, ...] | None:
     if annotation is complex:
         return (complex, float, int)
     if isinstance(annotation, type):
-        return None if annotation is object else (annotation,)
+        return (annotation,) if _checkable(annotation) else None
     origin = typing.get_origin(annotation)
     if origin is Union or origin is types.UnionType:
         classes: list[type] = []
@@ -261,8 +261,23 @@ def _runtime_classes(annotation: Any) -> tuple[type, ...] | None:
             classes.extend(member_classes)
         return tuple(classes)
     if isinstance(origin, type):
-        return (origin,)
+        return (origin,) if _checkable(origin) else None
     return None
+
+
+def _checkable(cls: type) -> bool:
+    """Whether ``isinstance`` works with ``cls`` and says something.
+
+    TypedDicts and protocols that are not runtime-checkable refuse
+    instance checks; they are left to static type checkers.
+    """
+    if cls is object:
+        return False
+    try:
+        isinstance(None, cls)
+    except TypeError:
+        return False
+    return True
 
 
 def compile_check(annotation: Any, spec: PortSpec) -> Check | None:
@@ -303,9 +318,9 @@ def _build_check(annotation: Any, spec: PortSpec) -> Check | None:
 
     def check(value: Any, bindings: Bindings, port: str) -> None:
         if classes is not None and not isinstance(value, classes):
-            raise fail(f"got {summarize(value)}")
+            raise fail(f"type mismatch: got {summarize(value)}")
         if python_type is not None and not isinstance(value, python_type):
-            raise fail(f"got {summarize(value)}")
+            raise fail(f"type mismatch: got {summarize(value)}")
         if tensor_dtype is None and rank is None:
             return
         if not isinstance(value, torch.Tensor):

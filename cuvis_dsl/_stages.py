@@ -144,8 +144,16 @@ def _expand(stages: object) -> frozenset[ExecutionStage]:
     raise TypeError(_not_a_stage_message(stages))
 
 
+def _parse(value: str | ExecutionStage) -> ExecutionStage:
+    """``ExecutionStage(value)``, with the error raised here, not inside enum."""
+    try:
+        return ExecutionStage(value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _expand_one(value: str | ExecutionStage) -> frozenset[ExecutionStage]:
-    stage = ExecutionStage(value)
+    stage = _parse(value)
     if stage is ExecutionStage.ALWAYS:
         return frozenset(CONCRETE_STAGES)
     return frozenset((stage,))
@@ -177,7 +185,7 @@ def as_stage(value: ExecutionStage | StageSet | str) -> ExecutionStage:
     if isinstance(value, str) and not isinstance(value, ExecutionStage):
         if "|" in value:
             return as_stage(StageSet(value))
-    stage = ExecutionStage(value)
+    stage = _parse(value)
     if not stage.is_concrete:
         raise ValueError(
             "a run happens in exactly one concrete stage, not ALWAYS; "

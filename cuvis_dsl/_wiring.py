@@ -187,6 +187,7 @@ class Wiring:
             stages=stage,
             summary=f"cycle in {{stages}}: {' -> '.join(ordered + [ordered[0]])}.",
             details=tuple(edges),
+            involved=tuple(ordered),
             fix="rename an input or an output so that one of these wires breaks; "
             "a node reading and writing the same name rebinds it only when "
             "something upstream produces it",
@@ -253,9 +254,7 @@ class Wiring:
             stages=stage,
             summary=f"input {port.wire!r} of node {self.at(node)} is produced "
             f"only by {producers}; nothing provides it in {{stages}}.",
-            fix=f"give {port.name!r} a default (None), let "
-            f"{skipped[0] if skipped else 'its producer'} run in {{stages}} as "
-            f"well, or restrict {node!r} to the stages of its producer",
+            fix=_gap_fix(node, port, skipped[0], self.specs[skipped[0]].stages),
         )
 
     def _spec_problem(
@@ -276,6 +275,16 @@ class Wiring:
             fix="make the two annotations agree, or convert the value in a node "
             "between them",
         )
+
+
+def _gap_fix(node: str, port: Port, producer: str, stages: StageSet) -> str:
+    allowed = "|".join(stage.value for stage in stages)
+    return (
+        f"give port {port.name!r} of {node!r} a default ({port.name}: ... | None "
+        f"= None), run {producer!r} in {{stages}} too (node({producer}, "
+        f"stages=...)), or restrict the consumer (node({node}, "
+        f"stages={allowed!r}))"
+    )
 
 
 def _check_unique_names(specs: Sequence[NodeSpec]) -> None:

@@ -580,3 +580,49 @@ def test_run_views_both_gives_forward_and_by_node_from_one_run(calls):
     assert set(outputs) == set(pipe.forward(batch=batch, stage="val"))
     assert [float(v) for v in outputs["loss"]] == [2.0, 4.0]
     assert set(by_node) == {"counted", "first_loss", "second_loss"}
+
+
+def test_typeddict_outputs_and_inputs_run_with_checks_on():
+    from typing import TypedDict
+
+    class Stats(TypedDict):
+        mean: Tensor
+
+    @node(outputs="stats")
+    def stats(x: Tensor) -> Stats:
+        return {"mean": x.mean()}
+
+    @node
+    def centred(x: Tensor, stats: Stats) -> Tensor:
+        return x - stats["mean"]
+
+    out = Pipeline([stats, centred]).forward(
+        batch={"x": torch.arange(4.0)}, stage="val", checks=True
+    )
+    assert torch.equal(out["centred"], torch.tensor([-1.5, -0.5, 0.5, 1.5]))
+
+
+def test_a_class_form_node_returning_a_tensor_says_to_return_a_dict():
+    class Bad(LossNode):
+        def forward(self, x: Tensor):
+            return x
+
+    with pytest.raises(TypeError, match="returns a dict of them") as info:
+        Pipeline([Bad()]).forward(batch={"x": torch.ones(2)}, stage="val")
+    assert "Fix: return {'bad': ...}" in str(info.value)
+
+
+def test_one_name_in_outputs_list_with_a_plain_return_suggests_a_string():
+    @node(outputs=["only"])
+    def single(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="write outputs='only'"):
+        Pipeline([single]).forward(batch={"x": 1}, stage="val")
+
+
+def test_unknown_stage_error_is_raised_from_the_library_not_enum():
+    with pytest.raises(ValueError, match="Did you mean 'val'") as info:
+        Pipeline([]).forward(batch={}, stage="vall")
+    assert info.value.__suppress_context__
+    assert all("enum.py" not in str(entry.path) for entry in info.traceback)

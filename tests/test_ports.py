@@ -150,7 +150,7 @@ def test_type_check_accepts_instances_and_rejects_others():
     check = compile_check(torch.Tensor, PortSpec())
     check(torch.ones(1), {}, "x")
     violation = _violation(check, "text")
-    assert violation.reason == "got 'text'"
+    assert violation.reason == "type mismatch: got 'text'"
     assert violation.expected == "Tensor"
 
 
@@ -271,3 +271,17 @@ def test_conflicting_fixed_dims_are_incompatible_but_wildcards_are_not():
     assert reason is not None and "dim 1 is 3" in reason
     assert incompatibility(_port(shape=(2, -1)), _port(shape=(2, 4))) is None
     assert incompatibility(_port(shape=(2, "C")), _port(shape=(2, 4))) is None
+
+
+def test_typeddict_and_plain_protocol_annotations_are_left_unchecked():
+    from typing import Protocol, TypedDict
+
+    class Stats(TypedDict):
+        mean: float
+
+    class HasMean(Protocol):
+        def mean(self) -> float: ...
+
+    assert compile_check(Stats, PortSpec()) is None
+    assert compile_check(HasMean, PortSpec()) is None
+    assert compile_check(dict, PortSpec()) is not None

@@ -250,6 +250,7 @@ def test_a_back_edge_is_reported_as_a_cycle_naming_only_nodes_on_it(draft):
         chain = CHAIN.search(problem.summary)
         assert chain is not None, problem.summary
         assert set(chain.group(1).split(" -> ")) <= on_cycle
+        assert set(problem.involved) == set(chain.group(1).split(" -> "))
     assert set(caught.value.nodes) <= on_cycle
 
 

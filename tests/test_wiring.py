@@ -276,7 +276,8 @@ def test_input_produced_only_in_other_stages_is_a_gap_in_those_stages():
     assert problem.stages == {VAL, TEST, INFERENCE}
     message = str(info.value)
     assert "nothing provides it in VAL, TEST, INFERENCE" in message
-    assert "Fix: give 'v' a default (None)" in message
+    assert "Fix: give port 'v' of 'snr' a default (v: ... | None = None)" in message
+    assert "restrict the consumer (node(snr, stages='train'))" in message
 
 
 def test_consumer_restricted_to_its_producers_stages_has_no_gap():
@@ -355,7 +356,8 @@ def test_every_problem_of_every_stage_is_in_one_error():
         ("duplicate", "head", "v", StageSet("train")),
     }
     assert str(error).startswith("pipeline cannot be wired (4 problems):")
-    assert set(error.nodes) == {"a", "use", "snr", "head"}
+    # The cycle a -> b -> a names both of its nodes.
+    assert set(error.nodes) == {"a", "b", "use", "snr", "head"}
 
 
 def test_wiring_does_not_depend_on_the_node_list_order():

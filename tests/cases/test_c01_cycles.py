@@ -99,7 +99,7 @@ def test_three_node_loop_in_a_larger_graph_names_only_its_nodes(calls):
     assert "loop_a -> loop_b -> loop_c -> loop_a" in message
     for name in ("load", "left", "right", "join", "report"):
         assert repr(name) not in message
-    assert info.value.nodes == ("loop_a",)
+    assert info.value.nodes == ("loop_a", "loop_b", "loop_c")
     assert not calls
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cuvis_dsl import node
+from cuvis_dsl import Pipeline, node
 
 
 def declaration(item):
@@ -100,3 +100,29 @@ def test_local_nodes_sent_to_a_spawn_worker_fail_fast(item):
     finally:
         pool.terminate()
         pool.join()
+
+
+def test_deepcopy_of_a_pipeline_with_local_and_lambda_nodes_works():
+    import copy
+
+    def build():
+        @node
+        def halve(x: float) -> float:
+            return x / 2
+
+        return Pipeline([halve, node(lambda halve: halve + 1, name="plus_one")])
+
+    twin = copy.deepcopy(build())
+    assert twin.forward(batch={"x": 4.0}, stage="val") == {
+        "halve": 2.0,
+        "plus_one": 3.0,
+    }
+
+
+def test_a_pickled_pipeline_keeps_the_declarations_it_was_built_with():
+    head = node(torch.nn.Linear(2, 2), name="head", outputs="y")
+    pipe = Pipeline([head])
+    node(head, stages="train")
+    restored = pickle.loads(pickle.dumps(pipe))
+    assert restored.specs["head"].stages == pipe.specs["head"].stages
+    assert "y" in restored.forward(batch={"input": torch.ones(1, 2)}, stage="val")

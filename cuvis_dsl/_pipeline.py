@@ -96,13 +96,15 @@ class Pipeline(torch.nn.Module):
         return dict(self._items)
 
     def __getitem__(self, name: str) -> Any:
-        try:
-            return self._items[name]
-        except KeyError:
+        self._require_node(name)
+        return self._items[name]
+
+    def _require_node(self, name: str) -> None:
+        if name not in self._items:
             raise KeyError(
                 f"no node named {name!r}.{did_you_mean(name, self._items)} "
                 f"Nodes: {quoted(self._items)}"
-            ) from None
+            )
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._items.values())
@@ -214,11 +216,7 @@ class Pipeline(torch.nn.Module):
         >>> Pipeline([double, shifted]).inputs_of("shifted", {"x": 3}, stage="val")
         {'double': 6, 'offset': 1}
         """
-        if node not in self._items:
-            raise KeyError(
-                f"no node named {node!r}.{did_you_mean(node, self._items)} "
-                f"Nodes: {quoted(self._items)}"
-            )
+        self._require_node(node)
         context = _context(context, stage)
         batch = {} if batch is None else batch
         if not isinstance(batch, Mapping):
@@ -312,12 +310,8 @@ class Pipeline(torch.nn.Module):
         node 'augment' does not run in VAL: its stages are TRAIN.
           Fix: node(augment, stages=...) with VAL among the stages.
         """
-        spec = self.specs.get(node)
-        if spec is None:
-            raise KeyError(
-                f"no node named {node!r}.{did_you_mean(node, self.specs)} "
-                f"Nodes: {quoted(self.specs)}"
-            )
+        self._require_node(node)
+        spec = self.specs[node]
         resolved = as_stage(stage)
         if resolved not in spec.stages:
             return (

@@ -247,15 +247,23 @@ class StageLoop:
 
     def prepare(self, batch: Any) -> Any:
         """Check that the batch is a dict; move its tensors to the device."""
-        if not isinstance(batch, Mapping):
-            raise TypeError(
-                f"a batch must be a dict of names to values, got "
-                f"{type(batch).__name__}.\n  Fix: make the dataset or collate "
-                f"function return dicts, e.g. {{'cube': x, 'label': y}}"
-            )
+        _check_batch(batch)
         if self.device is None:
             return batch
         return _to_device(batch, self.device)
+
+    def check_plan(self, stage: ExecutionStage, batches: Batches) -> None:
+        """Plan ``stage`` for the keys of the first batch; wiring errors raise here.
+
+        The trainer calls this before training, so that a wiring problem
+        of any stage it will run (a typo in a metric's port, say) surfaces
+        at once rather than after a whole epoch.
+        """
+        first = batches.first()
+        if first is None:
+            return
+        _check_batch(first)
+        self.pipeline.plan(stage, batch=first)
 
     def bar(
         self, iterable: Iterable[Any], label: str, sized: Any = None, start: int = 0
@@ -270,6 +278,15 @@ class StageLoop:
             total=None if total is None else total - start,
             leave=False,
             dynamic_ncols=True,
+        )
+
+
+def _check_batch(batch: Any) -> None:
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"a batch must be a dict of names to values, got "
+            f"{type(batch).__name__}.\n  Fix: make the dataset or collate "
+            f"function return dicts, e.g. {{'cube': x, 'label': y}}"
         )
 
 

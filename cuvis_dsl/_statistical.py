@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ._checkpoint import capture_rng, restore_rng
 from ._context import Context
 from ._errors import CuvisDSLWarning, quoted
 from ._stages import ExecutionStage
@@ -112,7 +113,9 @@ class Batches:
             )
         self.role = role
         self._source = source
-        self._one_shot = iter(source) is source
+        # Not iter(source) is source: that would start a DataLoader's
+        # workers and draw its shuffling seed from the random generator.
+        self._one_shot = isinstance(source, Iterator)
         self._used = False
         self._peeked: list[Any] = []
 
@@ -130,11 +133,23 @@ class Batches:
         length = self.known_length()
         if length is not None:
             return length == 0
-        if not self._one_shot:
-            return next(iter(self._source), _END) is _END
-        if not self._peeked:
-            self._peeked = list(itertools.islice(self._source, 1))
-        return not self._peeked
+        return self.first() is None
+
+    def first(self) -> Any:
+        """The first batch, or None when there is none; iterating still yields it.
+
+        Looking ahead leaves the random generators as they were, so that a
+        shuffling DataLoader still yields the order it would have yielded.
+        """
+        if self._one_shot:
+            if not self._peeked:
+                self._peeked = list(itertools.islice(self._source, 1))
+            return self._peeked[0] if self._peeked else None
+        state = capture_rng()
+        try:
+            return next(iter(self._source), None)
+        finally:
+            restore_rng(state)
 
     def __iter__(self) -> Iterator[Any]:
         if not self._one_shot:
@@ -149,9 +164,6 @@ class Batches:
         self._used = True
         peeked, self._peeked = self._peeked, []
         return itertools.chain(peeked, self._source)
-
-
-_END = object()
 
 
 class InputStream:

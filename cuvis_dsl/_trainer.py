@@ -280,6 +280,12 @@ class Trainer:
         pipeline's outputs in TRAIN must include at least one loss when an
         optimiser is set.
 
+        Before anything runs, TRAIN is planned for the keys of the first
+        training batch and VAL for those of the first validation batch,
+        so a wiring error of either stage is raised at once, not after
+        an epoch. Looking at the first batches leaves one-shot iterators
+        and the random generators as they were.
+
         Parameters
         ----------
         train
@@ -320,6 +326,7 @@ class Trainer:
                 _warn_nothing_to_do(self.epoch, self.max_epochs)
                 return self.history
             self._reject_empty(batches)
+            self._check_plans(batches, val_batches)
             self._initialize(self._pending(), batches)
             self._optimizer = resolve_optimizer(self._optimizer_source, self.pipeline)
             if self._loaded is not None:
@@ -540,6 +547,13 @@ class Trainer:
                 "empty.\n  Fix: pass non-empty training data; with "
                 "drop_last=True it needs at least one full batch"
             )
+
+    def _check_plans(self, batches: Batches, val: Batches | None) -> None:
+        """Plan TRAIN and (if it will run) VAL before any batch runs."""
+        self._loop.check_plan(TRAIN, batches)
+        epochs = range(self.epoch, self.max_epochs)
+        if val is not None and any((e + 1) % self.validate_every == 0 for e in epochs):
+            self._loop.check_plan(VAL, val)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from cuvis_dsl import (
     BestCheckpoint,
@@ -16,8 +17,10 @@ from cuvis_dsl import (
     Context,
     CuvisDSLWarning,
     EarlyStopping,
+    ExecutionStage,
     LossNode,
     Metric,
+    MissingInputError,
     Node,
     NonFiniteLossError,
     Pipeline,
@@ -480,6 +483,62 @@ def test_fit_initialises_pending_statistical_nodes_once(fitted):
 
     trainer.statistical_initialization(raw_with_targets())
     assert fitted == ["standardize", "standardize"]
+
+
+def test_a_validation_wiring_error_surfaces_before_any_training_step():
+    @metric
+    def typo(predd: Tensor, y: Tensor) -> Tensor:
+        return (predd - y).abs().mean()
+
+    trainer = make([Scale(), mse, typo, record], max_epochs=2)
+
+    with pytest.raises(MissingInputError, match="'predd' of node 'typo'") as caught:
+        trainer.fit(data(3), val=data(1))
+
+    assert set(caught.value.stages) == {ExecutionStage.VAL}
+    assert CONTEXTS == [] and trainer.global_step == 0
+
+
+def test_a_train_wiring_error_surfaces_before_statistical_initialisation(fitted):
+    trainer = make([Standardize(), Scale(), mse])
+
+    with pytest.raises(MissingInputError, match="'y' of node 'mse'") as caught:
+        trainer.fit(raw())
+
+    assert set(caught.value.stages) == {ExecutionStage.TRAIN}
+    assert fitted == []
+
+
+def test_the_wiring_check_leaves_one_shot_batches_intact():
+    trainer = make([Scale(), mse, record], max_epochs=1)
+
+    trainer.fit(iter(data(3)), val=iter(data(2)))
+
+    assert [(c.stage.value, c.batch_idx) for c in CONTEXTS] == [
+        ("train", 0),
+        ("train", 1),
+        ("train", 2),
+        ("val", 0),
+        ("val", 1),
+    ]
+
+
+def test_the_wiring_check_does_not_change_the_shuffled_order():
+    samples = [{"x": torch.full((1,), float(i)), "y": torch.zeros(1)} for i in range(8)]
+    loader = DataLoader(samples, batch_size=2, shuffle=True)
+    torch.manual_seed(7)
+    expected = [batch["x"].flatten().tolist() for batch in loader]
+    seen: list[list[float]] = []
+
+    @node(stages="train", outputs="tap")
+    def tap(x: Tensor) -> Tensor:
+        seen.append(x.flatten().tolist())
+        return x
+
+    torch.manual_seed(7)
+    make([Scale(), mse, tap]).fit(loader, val=loader)
+
+    assert seen == expected
 
 
 def raw_with_targets() -> list[dict[str, Tensor]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ._collect import LossTerm
 from ._errors import quoted
 
 __all__ = ["OptimizerLike", "check_optimizer_source", "resolve_optimizer", "step"]
@@ -70,13 +71,13 @@ def resolve_optimizer(
 def step(
     optimizer: torch.optim.Optimizer,
     total: torch.Tensor | None,
-    nodes: Sequence[str],
+    terms: Sequence[LossTerm],
     loss_nodes: Sequence[str],
 ) -> None:
     """Back-propagate one TRAIN batch's total loss and take an optimiser step.
 
-    ``nodes`` are the loss nodes that produced ``total``, ``loss_nodes``
-    every loss node of the pipeline; both only name names in errors.
+    ``terms`` are the weighted losses that make up ``total``,
+    ``loss_nodes`` every loss node of the pipeline (named in errors).
     """
     if total is None:
         known = quoted(loss_nodes) if loss_nodes else "(none)"
@@ -84,6 +85,14 @@ def step(
             f"no loss node produced a value in stage TRAIN, so there is "
             f"nothing to back-propagate (loss nodes: {known}).\n"
             f"  Fix: add a @loss node that runs in TRAIN"
+        )
+    nodes = sorted({term.node for term in terms})
+    if terms and all(term.weight == 0 for term in terms):
+        raise ValueError(
+            f"every loss weight is 0 for the TRAIN losses of {quoted(nodes)}, "
+            f"so the total loss is 0 and there is nothing to back-propagate.\n"
+            f"  Fix: give at least one loss a non-zero weight, e.g. "
+            f"loss_weights={{{terms[0].output!r}: 1.0}}"
         )
     if not total.requires_grad:
         raise ValueError(

@@ -389,8 +389,12 @@ class Trainer:
         context = Context(TRAIN, self.epoch, batch_idx, self.global_step)
         run = self._loop.run(batch, context)
         if self._optimizer is not None:
-            nodes = [term.node for term in run.terms]
-            step(self._optimizer, run.total, nodes, self._loop.collector.loss_nodes)
+            step(
+                self._optimizer,
+                run.total,
+                run.terms,
+                self._loop.collector.loss_nodes,
+            )
             self.global_step += 1
         self._loop.record(aggregate, run)
         if not self.callbacks:

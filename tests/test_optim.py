@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from cuvis_dsl._collect import LossTerm
 from cuvis_dsl._optim import check_optimizer_source, resolve_optimizer, step
+
+
+def term(node: str, value: torch.Tensor, weight: float = 1.0) -> LossTerm:
+    return LossTerm(node=node, output=node, key=None, value=value, weight=weight)
 
 
 def test_callable_gets_only_parameters_that_require_grad():
@@ -52,7 +57,7 @@ def test_step_moves_the_parameters_down_the_loss_gradient():
     weight = torch.tensor(1.0, requires_grad=True)
     optimizer = torch.optim.SGD([weight], lr=0.5)
 
-    step(optimizer, 3 * weight, ["gap"], ["gap"])
+    step(optimizer, 3 * weight, [term("gap", 3 * weight)], ["gap"])
 
     assert weight.item() == pytest.approx(1.0 - 0.5 * 3)
 
@@ -70,4 +75,17 @@ def test_step_on_a_loss_without_grad_names_its_nodes():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
 
     with pytest.raises(ValueError, match=r"from 'bce'.*does not depend"):
-        step(optimizer, torch.tensor(1.0), ["bce"], ["bce"])
+        step(optimizer, torch.tensor(1.0), [term("bce", torch.tensor(1.0))], ["bce"])
+
+
+def test_step_with_every_weight_zero_says_so_and_names_the_nodes():
+    weight = torch.tensor(1.0, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    terms = [term("bce", 2 * weight, 0.0), term("dice", weight, 0.0)]
+
+    with pytest.raises(ValueError, match="every loss weight is 0") as caught:
+        step(optimizer, torch.zeros(()), terms, ["bce", "dice"])
+
+    assert "of 'bce', 'dice'" in str(caught.value)
+    assert "loss_weights={'bce': 1.0}" in str(caught.value)
+    assert weight.item() == 1.0

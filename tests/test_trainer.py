@@ -254,6 +254,17 @@ def test_a_loss_that_is_not_a_scalar_is_an_error_naming_the_node():
         make([Scale(), unreduced]).fit(data(1))
 
 
+def test_every_loss_weight_zero_says_there_is_nothing_to_back_propagate():
+    trainer = make([Scale(), mse, l1], loss_weights={"mse": 0.0, "l1": 0})
+
+    with pytest.raises(ValueError, match="every loss weight is 0") as caught:
+        trainer.fit(data(1))
+
+    assert "'l1', 'mse'" in str(caught.value)
+    assert "does not depend" not in str(caught.value)
+    assert trainer.global_step == 0
+
+
 def test_training_without_a_train_loss_is_an_error():
     @loss(stages="val")
     def val_only(pred: Tensor, y: Tensor) -> Tensor:

@@ -87,8 +87,7 @@ def read_class_ports(cls: type, owner: str) -> ClassPorts:
     hints = resolve_hints(forward, getattr(cls, LOCALNS, None), owner)
     specs = _specs_of(cls, "INPUT_SPECS", owner)
     if specs:
-        inputs, context = _spec_inputs(specs, signature, hints, owner)
-        position = None
+        inputs, context, position = _spec_inputs(specs, signature, hints, owner)
     else:
         inputs, context, position = read_inputs(
             signature, hints, owner, frozenset({"self"})
@@ -125,10 +124,16 @@ def _spec_inputs(
     signature: inspect.Signature,
     hints: Mapping[str, Any],
     owner: str,
-) -> tuple[tuple[Port, ...], str | None]:
-    """Input ports from INPUT_SPECS, checked against ``forward``'s parameters."""
+) -> tuple[tuple[Port, ...], str | None, int | None]:
+    """Input ports from INPUT_SPECS, checked against ``forward``'s parameters.
+
+    Also the context parameter and, when it is positional-only, the number
+    of ports before it (a positional-or-keyword context is passed by
+    keyword, like the ports).
+    """
     context = _context_entry(specs, owner)
     ports: list[Port] = []
+    position: int | None = None
     takes_any = False
     for parameter in list(signature.parameters.values())[1:]:
         name = parameter.name
@@ -137,10 +142,11 @@ def _spec_inputs(
             continue
         _reject_star_args(parameter, owner)
         annotation = hints.get(name, Any)
+        if name != context and name not in specs:
+            if _is_context_parameter(name, annotation, hints):
+                context = _only_one_context(context, name, owner)
         if name == context:
-            continue
-        if name not in specs and _is_context_parameter(name, annotation, hints):
-            context = _only_one_context(context, name, owner)
+            position = _context_position(parameter, ports, signature, owner)
             continue
         if name not in specs:
             _check_unlisted(parameter, owner)
@@ -148,7 +154,33 @@ def _spec_inputs(
         ports.append(_input_port(name, specs.pop(name), annotation, parameter, owner))
     _check_receivable(context, specs, signature, takes_any, owner)
     ports.extend(_input_port(n, s, Any, None, owner) for n, s in specs.items())
-    return tuple(ports), context
+    return tuple(ports), context, position
+
+
+def _context_position(
+    parameter: inspect.Parameter,
+    ports: list[Port],
+    signature: inspect.Signature,
+    owner: str,
+) -> int | None:
+    """How many ports precede a positional-only context; None otherwise."""
+    if parameter.kind is not parameter.POSITIONAL_ONLY:
+        return None
+    names = list(signature.parameters)[1:]
+    listed = {port.name for port in ports}
+    before = names[: names.index(parameter.name)]
+    unlisted = [name for name in before if name not in listed]
+    if unlisted:
+        raise DefinitionError(
+            f"node {owner!r}: forward takes the context {parameter.name!r} by "
+            f"position after {unlisted[0]!r}, which is not in INPUT_SPECS, so "
+            f"the context would land in {unlisted[0]!r}.\n  Fix: add "
+            f"{unlisted[0]!r} to INPUT_SPECS, or move it after "
+            f"{parameter.name!r}.",
+            node=owner,
+            port=unlisted[0],
+        )
+    return len(ports)
 
 
 def _context_entry(specs: dict[str, Any], owner: str) -> str | None:

@@ -287,6 +287,39 @@ def test_context_entry_in_input_specs_receives_the_context():
     assert torch.equal(out["output"], torch.full((1, 2), 3.0))
 
 
+@pytest.mark.parametrize("declared", ["by name", "as an entry", "without specs"])
+def test_positional_only_context_is_passed_by_position(declared):
+    specs = {"data": PortSpec(dtype=torch.float32), "scale": PortSpec()}
+    if declared == "as an entry":
+        specs["context"] = PortSpec(dtype=Context)
+
+    class Positional(Node):
+        INPUT_SPECS = {} if declared == "without specs" else specs
+
+        def forward(self, data, scale, context, /, **_):
+            return {"out": data * scale + context.epoch}
+
+    out = Pipeline([Positional()]).forward(
+        batch={"data": torch.ones(2), "scale": 2.0},
+        context=Context(stage="val", epoch=3),
+    )
+
+    assert torch.equal(out["out"], torch.full((2,), 5.0))
+    assert Positional().node_spec().context_position == 2
+
+
+def test_context_after_a_default_outside_input_specs_is_a_definition_error():
+    with pytest.raises(DefinitionError, match="'extra'") as caught:
+
+        class Gap(Node):
+            INPUT_SPECS = {"data": PortSpec()}
+
+            def forward(self, data, extra=1, context=None, /, **_):
+                return {"out": data}
+
+    assert caught.value.port == "extra"
+
+
 def test_context_entry_with_a_data_dtype_is_an_ordinary_port():
     class Mix(Node):
         INPUT_SPECS = {"context": PortSpec(dtype=torch.float32)}

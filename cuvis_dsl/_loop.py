@@ -9,6 +9,7 @@ puts every module's mode and the grad mode back afterwards.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -24,7 +25,13 @@ from ._errors import CuvisDSLWarning, quoted
 from ._stages import ExecutionStage
 from ._statistical import Batches
 
-__all__ = ["BatchRun", "NonFiniteLossError", "StageLoop", "preserved_modes"]
+__all__ = [
+    "BatchRun",
+    "NonFiniteLossError",
+    "SharedEvalMode",
+    "StageLoop",
+    "preserved_modes",
+]
 
 TRAIN = ExecutionStage.TRAIN
 
@@ -88,6 +95,49 @@ def preserved_modes(module: torch.nn.Module) -> Iterator[None]:
         torch.set_grad_enabled(grad)
 
 
+class SharedEvalMode:
+    """Eval mode for evaluation calls that may overlap in several threads.
+
+    The first call to enter saves every module's train/eval mode and puts
+    the module in eval mode; the last one to leave restores the saved
+    modes. Calls that each saved and restored the modes on their own would
+    restore train mode while another call is still running. The grad mode
+    is per thread in torch, so each call keeps its own.
+
+    Examples
+    --------
+    >>> net = torch.nn.Dropout()
+    >>> shared = SharedEvalMode(net)
+    >>> with shared(), shared():
+    ...     net.training
+    False
+    >>> net.training
+    True
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self._module = module
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: list[tuple[torch.nn.Module, bool]] = []
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = [(m, m.training) for m in self._module.modules()]
+                self._module.eval()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    for child, training in self._saved:
+                        child.training = training
+
+
 class LazySize:
     """The batch size, inferred only when a value needs weighting."""
 
@@ -141,6 +191,7 @@ class StageLoop:
         self.progress = progress
         self.check_finite = check_finite
         self._stateful = _discover_stateful(pipeline, collector.metric_nodes)
+        self.eval_mode = SharedEvalMode(pipeline)
 
     def run(
         self, batch: Any, context: Context, aggregate: EpochAggregate | None = None

@@ -445,7 +445,7 @@ class Trainer:
     ) -> dict[str, float]:
         source = Batches(batches, stage.value)
         warn_uninitialized(self.pipeline, stage, stacklevel=3)
-        with preserved_modes(self.pipeline):
+        with self._loop.eval_mode():
             return self._loop.evaluate(stage, source, self.epoch, self.global_step)
 
     def predict(
@@ -454,7 +454,9 @@ class Trainer:
         """Run ``batches`` in stage INFERENCE; return each batch's outputs.
 
         Runs in eval mode without gradients. ``outputs`` restricts the run
-        to the nodes those names need, as in `Pipeline.forward`.
+        to the nodes those names need, as in `Pipeline.forward`. Several
+        threads may call `predict` of one trainer at once: the modules stay
+        in eval mode until the last call returns.
 
         Examples
         --------
@@ -467,7 +469,7 @@ class Trainer:
         """
         source = Batches(batches, "inference")
         warn_uninitialized(self.pipeline, INFERENCE, stacklevel=2)
-        with preserved_modes(self.pipeline):
+        with self._loop.eval_mode():
             results = self._loop.predict(source, self.epoch, self.global_step, outputs)
         if not results:
             warnings.warn(

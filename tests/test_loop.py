@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from cuvis_dsl import Context, ExecutionStage, NonFiniteLossError, Pipeline, loss, node
 from cuvis_dsl._collect import Collector
-from cuvis_dsl._loop import StageLoop, preserved_modes
+from cuvis_dsl._loop import SharedEvalMode, StageLoop, preserved_modes
 from cuvis_dsl._statistical import Batches
 
 
@@ -24,6 +24,26 @@ def test_preserved_modes_restores_each_module_and_grad_after_an_error():
 
     assert [m.training for m in net.modules()] == before
     assert torch.is_grad_enabled()
+
+
+def test_shared_eval_mode_restores_the_modes_when_the_last_user_leaves():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+    net[0].eval()
+    shared = SharedEvalMode(net)
+    first, second = shared(), shared()
+
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    during = [m.training for m in net.modules()]
+    second.__exit__(None, None, None)
+    after = [m.training for m in net.modules()]
+    with pytest.raises(KeyError), shared():
+        raise KeyError("boom")
+
+    assert during == [False, False, False]
+    assert after == [True, False, True]
+    assert [m.training for m in net.modules()] == [True, False, True]
 
 
 @node(outputs="pred")

@@ -1,15 +1,14 @@
 """C11: concurrent and reentrant runs of one pipeline keep their values apart."""
 
-import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from cuvis_dsl import Context, Pipeline, node
+from cuvis_dsl import Context, Pipeline, Trainer, node
 
 THREADS, CALLS = 16, 50
 
@@ -38,11 +37,11 @@ def hammer(pipe, index):
 
 
 @pytest.mark.timeout(60)
-def test_threads_get_their_own_results_and_contexts(caplog):
+def test_threads_get_their_own_results_and_contexts():
     pipe = build()
-    caplog.set_level(logging.DEBUG, logger="cuvis_dsl")
     hammer(pipe, 0)
-    planned = len(caplog.records)
+    cached = dict(pipe._plans)
+    text = str(pipe.plan("inference", batch={"x": None}))
     start = threading.Barrier(THREADS)
 
     def work(index):
@@ -56,8 +55,10 @@ def test_threads_get_their_own_results_and_contexts(caplog):
         for (value, context), expected in results:
             assert value.item() == 8.0 * index
             assert context is expected
-            assert not value.requires_grad
-    assert len(caplog.records) == planned, "the cached plan was recomputed"
+    assert len(cached) == 1
+    assert pipe._plans.keys() == cached.keys()
+    assert all(pipe._plans[key] is plan for key, plan in cached.items())
+    assert str(pipe.plan("inference", batch={"x": None})) == text
 
 
 @pytest.mark.timeout(60)
@@ -93,25 +94,47 @@ def test_a_node_may_run_the_same_pipeline_again():
     assert out["total"][0].item() == 8.0
 
 
-@pytest.mark.timeout(60)
-def test_inference_from_worker_threads_does_not_track_gradients():
-    weight = torch.ones(4, requires_grad=True)
+@node(outputs="scores")
+class Head(nn.Module):
+    """A real module node: its parameters require grad."""
 
-    @node
-    def weighted(x: Tensor) -> Tensor:
-        return x * weight
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
 
-    pipe = Pipeline([weighted])
+    def forward(self, x: Tensor) -> Tensor:
+        MODES.append(self.training)
+        return self.linear(x).squeeze(-1)
+
+
+MODES: list[bool] = []
+
+
+@pytest.mark.timeout(120)
+def test_trainer_predict_from_worker_threads_does_not_track_gradients():
+    head = Head()
+    pipe = Pipeline([head])
+    pipe.train()
+    trainer = Trainer(pipe, progress=False)
+    inputs = [torch.full((3, 4), float(index)) for index in range(THREADS)]
+    with torch.no_grad():
+        expected = [head.linear(x).squeeze(-1) for x in inputs]
+    assert all(p.requires_grad for p in pipe.parameters())
+    MODES.clear()
+    start = threading.Barrier(THREADS)
 
     def work(index):
-        with torch.inference_mode():
-            out = pipe.forward(
-                batch={"x": torch.full((4,), float(index))}, stage="inference"
-            )
-        return out["weighted"]
+        start.wait()
+        batches = [{"x": inputs[index]}] * 5
+        return [out["scores"] for out in trainer.predict(batches)]
 
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(work, range(8)))
-    assert [r.requires_grad for r in results] == [False] * 8
-    assert [r.sum().item() for r in results] == [4.0 * i for i in range(8)]
+    with ThreadPoolExecutor(THREADS) as pool:
+        per_thread = list(pool.map(work, range(THREADS)))
+
+    for index, results in enumerate(per_thread):
+        assert len(results) == 5
+        assert all(result.requires_grad is False for result in results)
+        assert all(torch.equal(result, expected[index]) for result in results)
+    assert len(MODES) == 5 * THREADS and not any(MODES)
+    assert head.training and head.linear.training
     assert torch.is_grad_enabled()

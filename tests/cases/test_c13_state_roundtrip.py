@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from cuvis_dsl import Node, Pipeline, PortSpec, node
+from cuvis_dsl import Node, Pipeline, PortSpec, Trainer, node
 from cuvis_dsl._state import is_initialized
 
 CHANNELS = 7
@@ -108,6 +108,34 @@ def test_strict_load_into_fresh_pipeline_reproduces_inference(form, kind, tmp_pa
     )
 
     assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
+    expected = original.forward(batch={"cube": FIXED_INPUT}, stage="inference")
+    actual = fresh.forward(batch={"cube": FIXED_INPUT}, stage="inference")
+    assert torch.equal(actual["scores"], expected["scores"])
+
+
+@FORMS
+@KINDS
+def test_trainer_initialised_statistics_survive_a_strict_round_trip(
+    form, kind, tmp_path
+):
+    original = build(form, kind)
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        {"cube": torch.randn(4, 5, CHANNELS, generator=generator)} for _ in range(3)
+    ]
+
+    names = Trainer(original, progress=False).statistical_initialization(batches)
+    torch.save(original.state_dict(), tmp_path / "stats.pt")
+    fresh = build(form, kind)
+    fresh.load_state_dict(
+        torch.load(tmp_path / "stats.pt", weights_only=True), strict=True
+    )
+
+    assert names == ["channel_stats"]
+    mean, cov = channel_moments(batches)
+    assert torch.equal(fresh["channel_stats"].mean, mean)
+    assert torch.equal(fresh["channel_stats"].cov, cov)
+    assert is_initialized(fresh["channel_stats"])
     expected = original.forward(batch={"cube": FIXED_INPUT}, stage="inference")
     actual = fresh.forward(batch={"cube": FIXED_INPUT}, stage="inference")
     assert torch.equal(actual["scores"], expected["scores"])

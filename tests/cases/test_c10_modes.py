@@ -114,6 +114,23 @@ def test_fit_after_eval_trains_in_train_mode_and_validates_in_eval_mode():
     assert PROBED.count((True, True)) == 6 and PROBED.count((False, False)) == 4
 
 
+def test_fit_after_predict_trains_every_batch_in_train_mode_with_grad():
+    pipe = Pipeline([Net(), Probe(), mse])
+    trainer = make_trainer(pipe, max_epochs=2)
+
+    trainer.predict(batches(2))
+    trainer.fit(batches(3), val=batches(2, seed=1))
+
+    assert [row[0] for row in SEEN[:2]] == ["inference"] * 2
+    assert all(row[3:] == (False, False, False, False) for row in SEEN[:2])
+    train = [row for row in SEEN if row[0] == "train"]
+    assert [(row[1], row[2]) for row in train] == [
+        (epoch, batch) for epoch in range(2) for batch in range(3)
+    ]
+    assert all(row[3:] == (True, True, True, True) for row in train)
+    assert PROBED.count((True, True)) == 6
+
+
 def test_fit_restores_the_modes_it_was_called_with():
     pipe = Pipeline([Net(), Probe(), mse])
     pipe.eval()

@@ -319,7 +319,11 @@ class StageLoop:
     def bar(
         self, iterable: Iterable[Any], label: str, sized: Any = None, start: int = 0
     ) -> Iterable[Any]:
-        """``iterable`` with a progress bar, unless progress bars are off."""
+        """``iterable`` with a progress bar, unless progress bars are off.
+
+        The bar is shown only when stderr is a terminal (tqdm's
+        ``disable=None``), so that logs and CI output stay free of bars.
+        """
         if not self.progress:
             return iterable
         total = _length(sized if sized is not None else iterable)
@@ -329,6 +333,7 @@ class StageLoop:
             total=None if total is None else total - start,
             leave=False,
             dynamic_ncols=True,
+            disable=None,
         )
 
 

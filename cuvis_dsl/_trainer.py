@@ -111,7 +111,9 @@ class Trainer:
         Stop with `NonFiniteLossError` when a TRAIN loss is NaN or
         infinite, before the optimiser step.
     progress
-        Show tqdm progress bars.
+        Show tqdm progress bars on stderr when it is a terminal; they stay
+        off when stderr is redirected (to a log file, in CI), so no
+        partial bars end up in logs. False turns them off everywhere.
     validate_every
         Validate after every n-th epoch.
     callbacks

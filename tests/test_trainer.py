@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -810,14 +812,27 @@ def test_fit_returns_a_history_with_per_epoch_values_per_stage():
     assert str(history).splitlines()[0].split() == ["epoch", *history.keys()]
 
 
-def test_progress_bars_go_to_stderr_and_can_be_turned_off(capsys):
-    make(progress=False).fit(data(2), val=data(1))
-    quiet = capsys.readouterr()
-    make(progress=True).fit(data(2), val=data(1))
-    loud = capsys.readouterr()
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
-    assert quiet.out == quiet.err == "" and loud.out == ""
-    assert "epoch 0 train" in loud.err
+
+def test_progress_bars_go_to_a_terminal_stderr_and_can_be_turned_off(monkeypatch):
+    quiet, loud = Terminal(), Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    make(progress=False).fit(data(2), val=data(1))
+    monkeypatch.setattr(sys, "stderr", loud)
+    make(progress=True).fit(data(2), val=data(1))
+
+    assert quiet.getvalue() == ""
+    assert "epoch 0 train" in loud.getvalue()
+
+
+def test_progress_bars_stay_off_when_stderr_is_not_a_terminal(capsys):
+    make(progress=True, max_epochs=3).fit(data(2), val=data(1))
+
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""
 
 
 def test_lifecycle_is_logged_at_info_and_nothing_is_printed(caplog, capsys):

@@ -32,9 +32,18 @@ def total(*parts: Square) -> Square:
     return torch.stack(parts).sum(dim=0)
 
 
-def best_of(call: Callable[[], object], repeat: int, number: int) -> float:
-    """Best time of one call, in microseconds."""
-    return min(timeit.repeat(call, repeat=repeat, number=number)) / number * 1e6
+def best_of(calls: dict[str, Callable[[], object]], repeat: int, number: int) -> dict:
+    """Best time of one call of each, in microseconds.
+
+    The calls take turns within every repeat, so a slow spell of the
+    machine hits all of them alike instead of skewing one ratio.
+    """
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeat):
+        for name, call in calls.items():
+            seconds = timeit.timeit(call, number=number)
+            best[name] = min(best[name], seconds / number * 1e6)
+    return best
 
 
 def chain(n: int) -> tuple[Pipeline, Callable[[Tensor], Tensor]]:
@@ -92,15 +101,17 @@ def measure(kind: str, n: int, repeat: int) -> dict[str, float]:
     stage = "inference"
     number = max(20, 4000 // max(n, 1))
     pipe.forward(batch=batch, stage=stage)
-    hand = best_of(lambda: by_hand(x), repeat, number)
-    off = best_of(
-        lambda: pipe.forward(batch=batch, stage=stage, checks=False), repeat, number
-    )
-    on = best_of(
-        lambda: pipe.forward(batch=batch, stage=stage, checks=True), repeat, number
+    times = best_of(
+        {
+            "hand": lambda: by_hand(x),
+            "off": lambda: pipe.forward(batch=batch, stage=stage, checks=False),
+            "on": lambda: pipe.forward(batch=batch, stage=stage, checks=True),
+        },
+        repeat,
+        number,
     )
     ran = len(pipe.plan(stage, batch=batch).nodes)
-    return {"hand": hand, "off": off, "on": on, "ran": ran, "nodes": len(pipe)}
+    return {**times, "ran": ran, "nodes": len(pipe)}
 
 
 def print_table(repeat: int) -> None:

@@ -71,6 +71,9 @@ class Wiring:
                 table = self.rebinders if output.name in wires else self.producers
                 table[output.name].append(spec.name)
         self.undeclared = {key: spec.name for spec in specs for key in spec.undeclared}
+        # Feeds that are the same in several stages are one object, so that
+        # they are built and checked once.
+        self._feeds: dict[tuple[str, str, tuple[Source, ...]], Feed] = {}
         self.stages = {stage: self._wire(stage) for stage in CONCRETE_STAGES}
 
     def is_internal(self, name: str) -> bool:
@@ -85,7 +88,13 @@ class Wiring:
 
     def _wire(self, stage: ExecutionStage) -> StageWiring:
         # Sorted, so that reports and plans do not follow the node-list order.
-        active = tuple(sorted(n for n, s in self.specs.items() if stage in s.stages))
+        active = tuple(
+            sorted(
+                n
+                for n, s in self.specs.items()
+                if frozenset.__contains__(s.stages, stage)
+            )
+        )
         running = set(active)
         values: dict[str, tuple[Source, ...]] = {}
         base: dict[str, tuple[Source, ...]] = {}
@@ -111,24 +120,31 @@ class Wiring:
     def _feed(
         self, port: Port, node: str, table: dict[str, tuple[Source, ...]]
     ) -> Feed:
-        name = port.wire
-        producers = table.get(name, ())
+        producers = table.get(port.wire, ())
+        key = (node, port.name, producers)
+        feed = self._feeds.get(key)
+        if feed is None:
+            feed = self._feeds[key] = self._new_feed(port, producers)
+        return feed
+
+    def _new_feed(self, port: Port, producers: tuple[Source, ...]) -> Feed:
         if producers:
             return Feed(port=port, producers=producers)
-        if not self.is_internal(name):
-            return Feed(port=port, external=name)
-        return Feed(port=port, skipped=tuple(self.producers[name]))
+        if not self.is_internal(port.wire):
+            return Feed(port=port, external=port.wire)
+        return Feed(port=port, skipped=tuple(self.producers[port.wire]))
 
     def check(self) -> None:
         """Raise one `WiringError` listing every problem in every stage."""
         problems: list[Problem] = []
+        clean: set[int] = set()
         for stage_wiring in self.stages.values():
-            problems.extend(self._stage_problems(stage_wiring))
+            problems.extend(self._stage_problems(stage_wiring, clean))
         problems = merge_problems(problems)
         if problems:
             raise WiringError.from_problems(problems, "pipeline cannot be wired")
 
-    def _stage_problems(self, wired: StageWiring) -> Iterable[Problem]:
+    def _stage_problems(self, wired: StageWiring, clean: set[int]) -> Iterable[Problem]:
         stage = StageSet(wired.stage)
         cycle = find_cycle(_dependencies(wired))
         if cycle:
@@ -139,7 +155,12 @@ class Wiring:
                 yield self._rebinding_problem(name, live, stage)
         for node in wired.active:
             for feed in wired.feeds[node]:
-                yield from self._feed_problems(node, feed, stage)
+                if id(feed) in clean:
+                    continue
+                found = list(self._feed_problems(node, feed, stage))
+                if not found:
+                    clean.add(id(feed))
+                yield from found
 
     def _feed_problems(
         self, node: str, feed: Feed, stage: StageSet

@@ -308,7 +308,7 @@ def _input_port(
         wire=name,
         spec=attrs.evolve(spec, optional=spec.optional or has_default or admits_none),
         annotation=bare,
-        default=parameter.default if has_default else Port.NO_DEFAULT,  # type: ignore[union-attr]
+        default=_default_of(parameter, has_default),
         kind="positional-only" if positional_only else "keyword",
     )
 
@@ -421,3 +421,7 @@ def _literal_keys(value: ast.expr) -> list[str]:
     ):
         return [keyword.arg for keyword in value.keywords if keyword.arg]
     return []
+
+
+def _default_of(parameter: Any, has_default: bool) -> Any:
+    return parameter.default if has_default else Port.NO_DEFAULT

@@ -192,7 +192,8 @@ def add_note(exc: BaseException, note: str) -> None:
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     else:
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+        notes = [*getattr(exc, "__notes__", []), note]
+        exc.__notes__ = notes  # type: ignore[attr-defined]
 
 
 def _summary(vals: list[Any], slots: tuple[int, ...] | int | None) -> str:

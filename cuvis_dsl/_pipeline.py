@@ -172,7 +172,10 @@ class Pipeline(torch.nn.Module):
         >>> Pipeline([a, b]).forward_by_node(batch={"x": 1}, stage="val")
         {'a': {'part': 2}, 'b': {'part': 2}}
         """
-        return self.run_views(batch, context, stage, outputs, checks, view="nodes")  # type: ignore[no-any-return]
+        by_node: dict[str, dict[str, Any]] = self.run_views(
+            batch, context, stage, outputs, checks, view="nodes"
+        )
+        return by_node
 
     def run_views(
         self,

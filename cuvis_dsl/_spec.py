@@ -110,13 +110,13 @@ class Unresolved(Exception):
 
 def source_location(obj: object) -> str:
     """``file.py:line`` of a function or class, or ``<unknown>``."""
-    target = inspect.unwrap(obj) if callable(obj) else obj  # type: ignore[arg-type]
+    target: Any = inspect.unwrap(obj) if callable(obj) else obj
     code = getattr(target, "__code__", None)
     if code is not None:
         return f"{_short_path(code.co_filename)}:{code.co_firstlineno}"
     try:
-        lines = inspect.getsourcelines(target)  # type: ignore[arg-type]
-        return f"{_short_path(inspect.getfile(target))}:{lines[1]}"  # type: ignore[arg-type]
+        lines = inspect.getsourcelines(target)
+        return f"{_short_path(inspect.getfile(target))}:{lines[1]}"
     except (OSError, TypeError):
         return "<unknown>"
 

@@ -185,7 +185,9 @@ def _input_annotation(port: InputDraft) -> Any:
             list[Tensor], PortSpec(dtype=dtype, shape=port.shape, variadic=True)
         ]
     annotation = _tensor_annotation(port.shape, port.typed)
-    return Optional[annotation] if port.form == "optional" else annotation  # noqa: UP045
+    if port.form == "optional":
+        return Optional[annotation]  # noqa: UP045 - a spelling users write
+    return annotation
 
 
 _KINDS_OF_FORM = {
